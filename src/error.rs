@@ -1,0 +1,27 @@
+//! The one table that says what kind of failure each error is. Protocol front ends map a
+//! [`ErrorKind`] to their own codes (gRPC status, HTTP status) in exactly one place each.
+
+/// What a caller should make of an error, independent of the protocol that carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed or does not fit the model's signature.
+    InvalidArgument,
+    /// The model or version does not exist.
+    NotFound,
+    /// The server is too busy to take the request now; retry later.
+    ResourceExhausted,
+    /// The request's deadline passed before it could be answered.
+    DeadlineExceeded,
+    /// The model exists but cannot serve now (still loading, failed to load, shutting down).
+    Unavailable,
+    /// The client went away before the work ran.
+    Cancelled,
+    /// A fault on our side (a model that failed while running); details are logged.
+    Internal,
+}
+
+/// Implemented by every layer's error type, so that front ends classify without knowing them.
+pub trait Classify {
+    /// The kind of failure.
+    fn kind(&self) -> ErrorKind;
+}

@@ -1,0 +1,143 @@
+//! The protocol-neutral request path: validate named tensors against the model, queue them,
+//! wait for the run, pick the requested outputs. Every front end decodes its wire format and
+//! then comes here, so validation and execution exist once.
+
+use std::fmt;
+
+use crate::error::{Classify, ErrorKind};
+use crate::model::RunError;
+use crate::repository::LookupError;
+use crate::scheduler::{ScheduleError, Scheduler};
+use crate::signature::InputError;
+use crate::tensor::Tensor;
+
+/// Why one inference request failed. Messages name the model and version; front ends add
+/// nothing but their own code for the [`ErrorKind`].
+#[derive(Debug)]
+pub enum InferError {
+    /// No servable model version by that name.
+    Lookup(LookupError),
+    /// A wire tensor could not be decoded.
+    Decode {
+        /// The model asked for.
+        model: String,
+        /// Its version.
+        version: u64,
+        /// The tensor's name.
+        input: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The tensors do not fit the model's signature.
+    Input {
+        /// The model asked for.
+        model: String,
+        /// Its version.
+        version: u64,
+        /// What does not fit.
+        error: InputError,
+    },
+    /// The model's queue refused the request.
+    Schedule(ScheduleError),
+    /// The model failed while running.
+    Run {
+        /// The model.
+        model: String,
+        /// Its version.
+        version: u64,
+        /// What failed.
+        error: RunError,
+    },
+    /// A worker dropped the request without answering: a bug.
+    Lost,
+}
+
+impl fmt::Display for InferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InferError::Lookup(e) => write!(f, "{e}"),
+            InferError::Decode {
+                model,
+                version,
+                input,
+                reason,
+            } => write!(
+                f,
+                "model '{model}' version {version}: input '{input}': {reason}"
+            ),
+            InferError::Input {
+                model,
+                version,
+                error,
+            } => write!(f, "model '{model}' version {version}: {error}"),
+            InferError::Schedule(e) => write!(f, "{e}"),
+            InferError::Run {
+                model,
+                version,
+                error,
+            } => write!(f, "model '{model}' version {version}: {error}"),
+            InferError::Lost => write!(f, "the request was lost by a model worker: this is a bug"),
+        }
+    }
+}
+
+impl std::error::Error for InferError {}
+
+impl Classify for InferError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            InferError::Lookup(e) => e.kind(),
+            InferError::Decode { .. } => ErrorKind::InvalidArgument,
+            InferError::Input { error, .. } => error.kind(),
+            InferError::Schedule(e) => e.kind(),
+            InferError::Run { error, .. } => error.kind(),
+            InferError::Lost => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<LookupError> for InferError {
+    fn from(e: LookupError) -> Self {
+        InferError::Lookup(e)
+    }
+}
+
+/// Validates `inputs` against the scheduler's model, runs it and returns the outputs named in
+/// `wanted` (all when empty), in the order asked for.
+pub async fn infer(
+    scheduler: &Scheduler,
+    inputs: impl IntoIterator<Item = (String, Tensor)>,
+    wanted: &[String],
+) -> Result<Vec<(String, Tensor)>, InferError> {
+    let model = scheduler.model();
+    let input_error = |error| InferError::Input {
+        model: model.name().to_string(),
+        version: model.version(),
+        error,
+    };
+    let signature = model.signature();
+    let selected = signature.select_outputs(wanted).map_err(input_error)?;
+    let valid = signature.validate(inputs).map_err(input_error)?;
+    if let Some(rows) = valid.rows() {
+        tracing::Span::current().record("rows", rows);
+    }
+    let reply = scheduler.submit(valid).map_err(InferError::Schedule)?;
+    let outputs = reply
+        .await
+        .map_err(|_| InferError::Lost)?
+        .map_err(|error| InferError::Run {
+            model: model.name().to_string(),
+            version: model.version(),
+            error,
+        })?;
+    Ok(selected
+        .into_iter()
+        .filter_map(|ix| {
+            // Cloning shares numeric data (reference-counted bytes); only strings are copied.
+            Some((
+                signature.outputs.get(ix)?.name.clone(),
+                outputs.get(ix)?.clone(),
+            ))
+        })
+        .collect())
+}

@@ -1,0 +1,19 @@
+//! predictd: a model-inference server for ONNX models, in pure Rust.
+//!
+//! The engine — [`tensor`], [`signature`], [`model`], [`repository`] — is a plain library with
+//! no async runtime or RPC types in it, so `predictd serve`, offline scoring and the Python
+//! package share it. The serving side — [`scheduler`], [`registry`], [`infer`], [`grpc`],
+//! [`server`] — puts worker threads and a gRPC stack in front of it.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod infer;
+pub mod model;
+pub mod proto;
+pub mod registry;
+pub mod repository;
+pub mod scheduler;
+pub mod server;
+pub mod signature;
+pub mod tensor;

@@ -1,0 +1,332 @@
+//! A loaded model: an ONNX graph optimised once by tract into a runnable plan, with its
+//! signature. This is the only module that speaks tract; everything else sees [`Tensor`]s.
+//!
+//! What we found about tract (0.23):
+//! - Exporters such as skl2onnx declare the batch dimension as unknown (`None`), and tract cannot
+//!   type such a graph. We give every unknown first dimension the symbol `N` and every other
+//!   unknown dimension a fresh symbol before optimising; named `dim_param`s stay as they are.
+//! - One plan optimised with a symbolic batch dimension runs any batch size, so a model is
+//!   optimised exactly once at load, never per request. Plans are `Send + Sync`: worker threads
+//!   share one plan.
+//! - A `Cast` to INT64 can produce tract's symbolic-dimension type (TDim); outputs are cast to
+//!   INT64 before they leave this module.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tract_onnx::prelude::{
+    DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, TDim, TValue,
+    Tensor as TractTensor, TypedModel, TypedSimplePlan,
+};
+use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::internal::DimLike;
+
+use crate::error::{Classify, ErrorKind};
+use crate::signature::{Dim, Signature, TensorSpec, ValidInputs};
+use crate::tensor::{DType, Tensor, TensorError};
+
+/// The symbol given to unknown first dimensions: the batch dimension.
+const BATCH_SYMBOL: &str = "N";
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load {}: {reason}", .path.display())]
+pub struct LoadError {
+    /// The model file.
+    pub path: PathBuf,
+    /// What went wrong, with tract's chain of causes.
+    pub reason: String,
+}
+
+/// Why a validated request failed inside the engine. These are our faults or the model's, not
+/// the client's: they are logged with detail and reported as internal errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// tract returned an error.
+    #[error("the model failed while running: {0}")]
+    Engine(String),
+    /// tract panicked; the panic was contained to this request.
+    #[error("the model panicked while running: {0}")]
+    Panicked(String),
+    /// An output has a type predictd cannot send.
+    #[error("output '{output}' has type {dtype}, which predictd cannot send")]
+    UnsupportedOutput {
+        /// The output's name.
+        output: String,
+        /// tract's name of its type.
+        dtype: String,
+    },
+}
+
+impl Classify for RunError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Internal
+    }
+}
+
+/// A model version ready to run.
+pub struct Model {
+    name: String,
+    version: u64,
+    signature: Signature,
+    plan: Arc<TypedSimplePlan>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("signature", &self.signature)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads `path`, fixes unknown dimensions to symbols, and optimises the graph once.
+    pub fn load(name: &str, version: u64, path: &Path) -> Result<Model, LoadError> {
+        let fail = |e: tract_onnx::prelude::TractError| LoadError {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        };
+        let typed = typed_model(path).map_err(fail)?;
+        let signature = signature_of(&typed).map_err(|reason| LoadError {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let plan = typed.into_runnable().map_err(fail)?;
+        Ok(Model {
+            name: name.to_string(),
+            version,
+            signature,
+            plan,
+        })
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The model's version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The model's inputs and outputs.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Runs the model once. Panics inside tract are contained and reported as errors, so that a
+    /// bad model or an engine bug fails one request, never the process.
+    pub fn run(&self, inputs: ValidInputs) -> Result<Vec<Tensor>, RunError> {
+        let values = inputs
+            .into_tensors()
+            .iter()
+            .map(to_tract)
+            .collect::<Result<_, _>>()?;
+        let outputs = catch_unwind(AssertUnwindSafe(|| self.plan.run(values)))
+            .map_err(|panic| RunError::Panicked(panic_message(&*panic)))?
+            .map_err(|e| RunError::Engine(format!("{e:#}")))?;
+        outputs
+            .iter()
+            .zip(&self.signature.outputs)
+            .map(|(value, spec)| from_tract(value, &spec.name))
+            .collect()
+    }
+}
+
+/// Parses the ONNX file and types it with symbolic unknown dimensions, then optimises it.
+fn typed_model(path: &Path) -> tract_onnx::prelude::TractResult<TypedModel> {
+    let mut graph = tract_onnx::onnx().model_for_path(path)?;
+    let batch = graph.sym(BATCH_SYMBOL);
+    for ix in 0..graph.input_outlets()?.len() {
+        let mut fact: InferenceFact = graph.input_fact(ix)?.clone();
+        if let Some(rank) = fact.shape.rank().concretize() {
+            for axis in 0..usize::try_from(rank).unwrap_or(0) {
+                if fact.shape.dim(axis).and_then(|d| d.concretize()).is_none() {
+                    let symbol = if axis == 0 {
+                        batch.clone()
+                    } else {
+                        graph.new_sym_with_prefix("d")
+                    };
+                    fact.shape.set_dim(axis, TDim::Sym(symbol));
+                }
+            }
+        }
+        graph.set_input_fact(ix, fact)?;
+    }
+    // ONNX output names live on the inference graph's outlets; keep them through optimisation.
+    let labels: Vec<Option<String>> = graph
+        .output_outlets()?
+        .iter()
+        .map(|o| graph.outlet_label(*o).map(str::to_owned))
+        .collect();
+    let mut typed = graph.into_optimized()?;
+    for (ix, label) in labels.into_iter().enumerate() {
+        if let Some(label) = label {
+            let outlet = typed.output_outlets()?[ix];
+            typed.set_outlet_label(outlet, label)?;
+        }
+    }
+    Ok(typed)
+}
+
+/// Reads names, dtypes and shapes of the typed graph's inputs and outputs.
+fn signature_of(model: &TypedModel) -> Result<Signature, String> {
+    let spec = |outlet, name: String, role: &str| -> Result<TensorSpec, String> {
+        let fact = model.outlet_fact(outlet).map_err(|e| format!("{e:#}"))?;
+        let dtype = dtype_of(fact.datum_type).ok_or_else(|| {
+            format!(
+                "{role} '{name}' has type {:?}, which predictd does not serve",
+                fact.datum_type
+            )
+        })?;
+        let shape = fact
+            .shape
+            .iter()
+            .map(|d| match d.to_usize() {
+                Ok(n) => Dim::Fixed(n),
+                Err(_) => Dim::Symbol(d.to_string()),
+            })
+            .collect();
+        Ok(TensorSpec { name, dtype, shape })
+    };
+    let inputs = model
+        .input_outlets()
+        .map_err(|e| format!("{e:#}"))?
+        .iter()
+        .map(|&o| spec(o, model.node(o.node).name.clone(), "input"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = model
+        .output_outlets()
+        .map_err(|e| format!("{e:#}"))?
+        .iter()
+        .map(|&o| {
+            let name = model
+                .outlet_label(o)
+                .map(str::to_owned)
+                .unwrap_or_else(|| model.node(o.node).name.clone());
+            spec(o, name, "output")
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch_symbol = batch_symbol(&inputs, &outputs);
+    Ok(Signature {
+        inputs,
+        outputs,
+        batch_symbol,
+    })
+}
+
+/// The symbol that is the first dimension of every input and output, if there is one.
+fn batch_symbol(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> Option<String> {
+    let first = match inputs.first()?.shape.first()? {
+        Dim::Symbol(s) => s.clone(),
+        Dim::Fixed(_) => return None,
+    };
+    inputs
+        .iter()
+        .chain(outputs)
+        .all(|s| matches!(s.shape.first(), Some(Dim::Symbol(d)) if *d == first))
+        .then_some(first)
+}
+
+fn dtype_of(dt: DatumType) -> Option<DType> {
+    Some(match dt {
+        DatumType::F16 => DType::F16,
+        DatumType::F32 => DType::F32,
+        DatumType::F64 => DType::F64,
+        DatumType::I8 => DType::I8,
+        DatumType::I16 => DType::I16,
+        DatumType::I32 => DType::I32,
+        // Shape computations come out as TDim; they are sent as INT64.
+        DatumType::I64 | DatumType::TDim => DType::I64,
+        DatumType::U8 => DType::U8,
+        DatumType::U16 => DType::U16,
+        DatumType::U32 => DType::U32,
+        DatumType::U64 => DType::U64,
+        DatumType::Bool => DType::Bool,
+        DatumType::String => DType::String,
+        _ => return None,
+    })
+}
+
+fn datum_type_of(dtype: DType) -> DatumType {
+    match dtype {
+        DType::F16 => DatumType::F16,
+        DType::F32 => DatumType::F32,
+        DType::F64 => DatumType::F64,
+        DType::I8 => DatumType::I8,
+        DType::I16 => DatumType::I16,
+        DType::I32 => DatumType::I32,
+        DType::I64 => DatumType::I64,
+        DType::U8 => DatumType::U8,
+        DType::U16 => DatumType::U16,
+        DType::U32 => DatumType::U32,
+        DType::U64 => DatumType::U64,
+        DType::Bool => DatumType::Bool,
+        DType::String => DatumType::String,
+    }
+}
+
+fn to_tract(tensor: &Tensor) -> Result<TValue, RunError> {
+    let engine = |e: tract_onnx::prelude::TractError| RunError::Engine(format!("{e:#}"));
+    let mut out = if let Some(strings) = tensor.strings() {
+        tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(tensor.shape(), strings.to_vec())
+            .map_err(|e| RunError::Engine(e.to_string()))?
+            .into()
+    } else {
+        TractTensor::zero_dt(datum_type_of(tensor.dtype()), tensor.shape()).map_err(engine)?
+    };
+    if let Some(bytes) = tensor.bytes() {
+        // Lengths were checked when the tensor was made; a mismatch here is a bug.
+        let dst = out.as_bytes_mut();
+        if dst.len() != bytes.len() {
+            return Err(RunError::Engine(format!(
+                "tensor of {} bytes does not fill {} bytes: this is a bug",
+                bytes.len(),
+                dst.len()
+            )));
+        }
+        dst.copy_from_slice(bytes);
+    }
+    Ok(out.into())
+}
+
+fn from_tract(value: &TValue, name: &str) -> Result<Tensor, RunError> {
+    let unsupported = |dt: DatumType| RunError::UnsupportedOutput {
+        output: name.to_string(),
+        dtype: format!("{dt:?}"),
+    };
+    let invalid = |e: TensorError| RunError::Engine(format!("output '{name}': {e}"));
+    let engine = |e: tract_onnx::prelude::TractError| RunError::Engine(format!("{e:#}"));
+    let tensor: &TractTensor = value;
+    let shape = tensor.shape().to_vec();
+    match tensor.datum_type() {
+        DatumType::TDim => {
+            let cast = tensor.cast_to::<i64>().map_err(engine)?;
+            Tensor::from_bytes(DType::I64, shape, Bytes::copy_from_slice(cast.as_bytes()))
+                .map_err(invalid)
+        }
+        DatumType::String => {
+            let view = tensor.to_plain_array_view::<String>().map_err(engine)?;
+            Tensor::from_strings(shape, view.iter().cloned().collect()).map_err(invalid)
+        }
+        dt => {
+            let dtype = dtype_of(dt).ok_or_else(|| unsupported(dt))?;
+            Tensor::from_bytes(dtype, shape, Bytes::copy_from_slice(tensor.as_bytes()))
+                .map_err(invalid)
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
