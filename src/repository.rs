@@ -303,7 +303,7 @@ pub fn load(found: &Catalog<PathBuf>) -> Catalog<Arc<Model>> {
             }
             Err(e) => {
                 tracing::error!(model = name, version, path = %path.display(), reason = %e.reason, "model failed to load");
-                Err(e.reason)
+                Err(e.to_string())
             }
         }
     })
