@@ -85,6 +85,12 @@ impl ServeArgs {
                 Ok(value)
             }
         };
+        if !self.models.is_dir() {
+            return Err(ConfigError {
+                flag: "models",
+                reason: format!("{} is not a folder", self.models.display()),
+            });
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(ServeConfig {
             models: self.models.clone(),

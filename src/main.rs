@@ -47,7 +47,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
-        tracing::info!(addr = %args.grpc_addr, models = %config.models.display(), "predictd listening");
+        let addr = listener.local_addr().unwrap_or(args.grpc_addr);
+        tracing::info!(%addr, models = %config.models.display(), "predictd listening");
         predictd::server::serve(listener, config, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())

@@ -226,20 +226,20 @@ impl<T> Catalog<T> {
 
 /// Why the repository itself cannot be read (a fault of the whole server, not one model).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read the model repository {}: {source}", .path.display())]
+#[error("cannot read the model repository {}: {error}", .path.display())]
 pub struct RepositoryError {
     /// The folder.
     pub path: PathBuf,
     /// The I/O error.
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
 
 /// Finds every model and version under `dir`; nothing is loaded yet. Folders that are not
 /// models are skipped with a warning, never silently.
 pub fn discover(dir: &Path) -> Result<Catalog<PathBuf>, RepositoryError> {
-    let io = |source| RepositoryError {
+    let io = |error| RepositoryError {
         path: dir.to_path_buf(),
-        source,
+        error,
     };
     let mut catalog = Catalog::default();
     for model_dir in sorted_dirs(dir).map_err(io)? {

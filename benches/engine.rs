@@ -1,0 +1,93 @@
+//! In-process costs, no RPC: each bundled model run by the engine at batch 1, 8 and 32, and the
+//! wire conversions of a request's tensor. These are the baselines the load benchmarks divide by.
+//!
+//! `cargo bench --bench engine`
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use predictd::grpc::convert::{tensor_from_wire, tensor_to_wire};
+use predictd::repository::{self, Slot};
+use predictd::tensor::Tensor;
+
+/// The first reference row of every input, repeated `rows` times.
+fn inputs(models: &Path, name: &str, rows: usize) -> Vec<(String, Tensor)> {
+    let text = std::fs::read_to_string(models.join(name).join("reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let inputs = reference["inputs"].as_object().unwrap();
+    inputs
+        .iter()
+        .map(|(input, t)| {
+            assert_eq!(t["dtype"], "FP32", "bench handles FP32 inputs");
+            let mut shape: Vec<usize> = t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            let data: Vec<f32> = t["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let width = data.len() / shape[0];
+            shape[0] = rows;
+            let values: Vec<f32> = data[..width]
+                .iter()
+                .copied()
+                .cycle()
+                .take(width * rows)
+                .collect();
+            (input.clone(), Tensor::from_values(shape, &values).unwrap())
+        })
+        .collect()
+}
+
+fn models(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let catalog = repository::open(&dir).unwrap();
+    let mut group = c.benchmark_group("model");
+    for (name, entry) in &catalog.models {
+        let Some(Slot::Ready(model)) = entry.versions.values().next_back() else {
+            panic!("{name} did not load");
+        };
+        for rows in [1usize, 8, 32] {
+            let valid = model
+                .signature()
+                .validate(inputs(&dir, name, rows))
+                .unwrap();
+            group.throughput(Throughput::Elements(rows as u64));
+            group.bench_with_input(BenchmarkId::new(name.as_str(), rows), &valid, |b, valid| {
+                b.iter(|| black_box(model.run(valid.clone()).unwrap()))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn wire(c: &mut Criterion) {
+    let values: Vec<f32> = (0..32 * 64).map(|i| i as f32 / 7.0).collect();
+    let tensor = Tensor::from_values(vec![32, 64], &values).unwrap();
+    let typed = tensor_to_wire(&tensor, false);
+    let raw = tensor_to_wire(&tensor, true);
+    let mut group = c.benchmark_group("wire_32x64_fp32");
+    group.bench_function("decode_typed", |b| {
+        b.iter(|| black_box(tensor_from_wire(typed.clone()).unwrap()))
+    });
+    group.bench_function("decode_raw", |b| {
+        b.iter(|| black_box(tensor_from_wire(raw.clone()).unwrap()))
+    });
+    group.bench_function("encode_typed", |b| {
+        b.iter(|| black_box(tensor_to_wire(&tensor, false)))
+    });
+    group.bench_function("encode_raw", |b| {
+        b.iter(|| black_box(tensor_to_wire(&tensor, true)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, models, wire);
+criterion_main!(benches);
