@@ -28,6 +28,21 @@ pub struct ServeConfig {
     pub max_message_bytes: usize,
 }
 
+impl ServeConfig {
+    /// Defaults for serving `models`: one worker per core per model, 256 queued requests per
+    /// model, 64 MiB messages.
+    pub fn new(models: impl Into<PathBuf>) -> ServeConfig {
+        ServeConfig {
+            models: models.into(),
+            scheduler: SchedulerConfig {
+                workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                queue_capacity: 256,
+            },
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
