@@ -3,11 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::scheduler::SchedulerConfig;
-use crate::server::ServeConfig;
+use crate::server::{Http2Config, ServeConfig};
 
 /// predictd: serve ONNX models over gRPC.
 #[derive(Debug, Parser)]
@@ -57,9 +58,43 @@ pub struct ServeArgs {
     /// Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 256, env = "PREDICTD_QUEUE_CAPACITY")]
     pub queue_capacity: usize,
+    /// Most rows a model runs as one batch; requests waiting together are stacked up to it.
+    /// 0 turns batching off.
+    #[arg(long, default_value_t = 64, env = "PREDICTD_MAX_BATCH_SIZE")]
+    pub max_batch_size: usize,
+    /// How long a partial batch may wait for more requests, in microseconds (0: never wait).
+    #[arg(long, default_value_t = 0, env = "PREDICTD_MAX_QUEUE_DELAY_US")]
+    pub max_queue_delay_us: u64,
     /// Largest request or reply message, in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024, env = "PREDICTD_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: usize,
+    /// Longest a request may take; a client's shorter grpc-timeout wins. Expiry answers
+    /// DEADLINE_EXCEEDED.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "PREDICTD_REQUEST_TIMEOUT")]
+    pub request_timeout: Duration,
+    /// Inference requests and stream messages in progress at once, over all models; beyond it
+    /// they get RESOURCE_EXHAUSTED at once.
+    #[arg(long, default_value_t = 1024, env = "PREDICTD_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: usize,
+    /// How long calls in flight may take to finish after SIGTERM or Ctrl-C.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "PREDICTD_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Duration,
+    /// How often to ping idle HTTP/2 connections (0s: never).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "PREDICTD_HTTP2_KEEPALIVE_INTERVAL")]
+    pub http2_keepalive_interval: Duration,
+    /// How long to wait for a keepalive ping's answer before closing the connection.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, env = "PREDICTD_HTTP2_KEEPALIVE_TIMEOUT")]
+    pub http2_keepalive_timeout: Duration,
+    /// Calls one HTTP/2 connection may have open at once.
+    #[arg(
+        long,
+        default_value_t = 1024,
+        env = "PREDICTD_HTTP2_MAX_CONCURRENT_STREAMS"
+    )]
+    pub http2_max_concurrent_streams: u32,
+    /// Disable Nagle's algorithm so small replies leave at once.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PREDICTD_TCP_NODELAY")]
+    pub tcp_nodelay: bool,
 }
 
 /// A flag value that cannot work.
@@ -92,13 +127,33 @@ impl ServeArgs {
             });
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if self.request_timeout.is_zero() {
+            return Err(ConfigError {
+                flag: "request-timeout",
+                reason: "must be longer than zero".to_string(),
+            });
+        }
         Ok(ServeConfig {
             models: self.models.clone(),
             scheduler: SchedulerConfig {
                 workers: positive("workers", self.workers.unwrap_or(cores))?,
                 queue_capacity: positive("queue-capacity", self.queue_capacity)?,
+                max_batch_size: self.max_batch_size,
+                max_queue_delay: Duration::from_micros(self.max_queue_delay_us),
             },
             max_message_bytes: positive("max-message-bytes", self.max_message_bytes)?,
+            request_timeout: self.request_timeout,
+            max_concurrent_requests: positive(
+                "max-concurrent-requests",
+                self.max_concurrent_requests,
+            )?,
+            shutdown_grace: self.shutdown_grace,
+            http2: Http2Config {
+                keepalive_interval: Some(self.http2_keepalive_interval).filter(|d| !d.is_zero()),
+                keepalive_timeout: self.http2_keepalive_timeout,
+                max_concurrent_streams: self.http2_max_concurrent_streams.max(1),
+                tcp_nodelay: self.tcp_nodelay,
+            },
         })
     }
 }

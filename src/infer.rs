@@ -3,11 +3,12 @@
 //! then comes here, so validation and execution exist once.
 
 use std::fmt;
+use std::time::Instant;
 
 use crate::error::{Classify, ErrorKind};
 use crate::model::RunError;
 use crate::repository::LookupError;
-use crate::scheduler::{ScheduleError, Scheduler};
+use crate::scheduler::{JobError, ScheduleError, Scheduler};
 use crate::signature::InputError;
 use crate::tensor::Tensor;
 
@@ -48,6 +49,13 @@ pub enum InferError {
         /// What failed.
         error: RunError,
     },
+    /// The deadline passed while the request was queued; it was not run.
+    Expired {
+        /// The model.
+        model: String,
+        /// Its version.
+        version: u64,
+    },
     /// A worker dropped the request without answering: a bug.
     Lost,
 }
@@ -76,6 +84,10 @@ impl fmt::Display for InferError {
                 version,
                 error,
             } => write!(f, "model '{model}' version {version}: {error}"),
+            InferError::Expired { model, version } => write!(
+                f,
+                "model '{model}' version {version}: the deadline passed while the request waited for a worker; it was not run"
+            ),
             InferError::Lost => write!(f, "the request was lost by a model worker: this is a bug"),
         }
     }
@@ -91,6 +103,7 @@ impl Classify for InferError {
             InferError::Input { error, .. } => error.kind(),
             InferError::Schedule(e) => e.kind(),
             InferError::Run { error, .. } => error.kind(),
+            InferError::Expired { .. } => ErrorKind::DeadlineExceeded,
             InferError::Lost => ErrorKind::Internal,
         }
     }
@@ -102,12 +115,14 @@ impl From<LookupError> for InferError {
     }
 }
 
-/// Validates `inputs` against the scheduler's model, runs it and returns the outputs named in
-/// `wanted` (all when empty), in the order asked for.
+/// Validates `inputs` against the scheduler's model, runs it if it can start before
+/// `deadline`, and returns the outputs named in `wanted` (all when empty), in the order asked
+/// for. Dropping the future withdraws the request: if it has not started, it never runs.
 pub async fn infer(
     scheduler: &Scheduler,
     inputs: impl IntoIterator<Item = (String, Tensor)>,
     wanted: &[String],
+    deadline: Option<Instant>,
 ) -> Result<Vec<(String, Tensor)>, InferError> {
     let model = scheduler.model();
     let input_error = |error| InferError::Input {
@@ -121,14 +136,22 @@ pub async fn infer(
     if let Some(rows) = valid.rows() {
         tracing::Span::current().record("rows", rows);
     }
-    let reply = scheduler.submit(valid).map_err(InferError::Schedule)?;
+    let reply = scheduler
+        .submit(valid, deadline)
+        .map_err(InferError::Schedule)?;
     let outputs = reply
         .await
         .map_err(|_| InferError::Lost)?
-        .map_err(|error| InferError::Run {
-            model: model.name().to_string(),
-            version: model.version(),
-            error,
+        .map_err(|error| match error {
+            JobError::Expired => InferError::Expired {
+                model: model.name().to_string(),
+                version: model.version(),
+            },
+            JobError::Run(error) => InferError::Run {
+                model: model.name().to_string(),
+                version: model.version(),
+                error,
+            },
         })?;
     Ok(selected
         .into_iter()

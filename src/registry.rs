@@ -43,6 +43,10 @@ pub fn start_schedulers(
         let settings = SchedulerConfig {
             workers: config.workers.unwrap_or(defaults.workers),
             queue_capacity: config.queue_capacity.unwrap_or(defaults.queue_capacity),
+            max_batch_size: config.max_batch_size.unwrap_or(defaults.max_batch_size),
+            max_queue_delay: config
+                .max_queue_delay_us
+                .map_or(defaults.max_queue_delay, std::time::Duration::from_micros),
         };
         Scheduler::start(Arc::clone(model), settings).map_err(|e| {
             tracing::error!(model = name, version, error = %e, "cannot start worker threads");

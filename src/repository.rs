@@ -26,6 +26,10 @@ pub struct ModelConfig {
     pub workers: Option<usize>,
     /// Requests that may wait for a worker before new ones are refused.
     pub queue_capacity: Option<usize>,
+    /// Most rows run as one batch; 0 turns batching off.
+    pub max_batch_size: Option<usize>,
+    /// How long a partial batch may wait for more requests, in microseconds.
+    pub max_queue_delay_us: Option<u64>,
 }
 
 /// Where one model version stands.

@@ -1,17 +1,25 @@
-//! Assembles the gRPC server: model loading, health, reflection and the prediction service.
+//! Assembles the gRPC server: model loading, health, reflection, the prediction service, and
+//! the one tower stack every request passes through. Also the graceful drain.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::grpc::prediction::PredictionService;
+use crate::middleware::{DeadlineLayer, Limited};
 use crate::proto::predictd::v1::prediction_service_server::PredictionServiceServer;
 use crate::registry::{Registry, start_schedulers};
 use crate::repository::{self, Catalog, RepositoryError};
@@ -22,23 +30,56 @@ use crate::scheduler::SchedulerConfig;
 pub struct ServeConfig {
     /// The model repository.
     pub models: PathBuf,
-    /// Workers and queue depth for models whose config.toml does not say.
+    /// Workers, queue depth and batching for models whose config.toml does not say.
     pub scheduler: SchedulerConfig,
     /// The largest message decoded or encoded, in bytes.
     pub max_message_bytes: usize,
+    /// The longest a request may take, unless the client's `grpc-timeout` is shorter.
+    pub request_timeout: Duration,
+    /// Inference requests (and stream messages) in progress at once, over all models; beyond
+    /// it, requests get RESOURCE_EXHAUSTED at once.
+    pub max_concurrent_requests: usize,
+    /// How long requests in flight may take to finish once shutdown begins.
+    pub shutdown_grace: Duration,
+    /// HTTP/2 and TCP settings.
+    pub http2: Http2Config,
+}
+
+/// Transport settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Config {
+    /// How often to ping an idle connection; `None` never pings.
+    pub keepalive_interval: Option<Duration>,
+    /// How long to wait for a ping's answer before closing the connection.
+    pub keepalive_timeout: Duration,
+    /// Streams (calls) one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Send small replies at once rather than coalescing them (Nagle's algorithm off).
+    pub tcp_nodelay: bool,
 }
 
 impl ServeConfig {
     /// Defaults for serving `models`: one worker per core per model, 256 queued requests per
-    /// model, 64 MiB messages.
+    /// model, batches of up to 64 rows, 30 s requests, 64 MiB messages.
     pub fn new(models: impl Into<PathBuf>) -> ServeConfig {
         ServeConfig {
             models: models.into(),
             scheduler: SchedulerConfig {
                 workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 queue_capacity: 256,
+                max_batch_size: 64,
+                max_queue_delay: Duration::ZERO,
             },
             max_message_bytes: 64 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+            shutdown_grace: Duration::from_secs(30),
+            http2: Http2Config {
+                keepalive_interval: Some(Duration::from_secs(60)),
+                keepalive_timeout: Duration::from_secs(20),
+                max_concurrent_streams: 1024,
+                tcp_nodelay: true,
+            },
         }
     }
 }
@@ -60,8 +101,12 @@ pub enum ServeError {
 /// The health service name of the prediction service, as tonic routes it.
 const PREDICTION: &str = <PredictionServiceServer<PredictionService> as NamedService>::NAME;
 
-/// Serves gRPC on `listener` until `shutdown` completes. Models load in the background: until
-/// they have, health reports NOT_SERVING and predictions answer UNAVAILABLE.
+/// Serves gRPC on `listener` until `shutdown` completes, then drains. Models load in the
+/// background: until they have, health reports NOT_SERVING and predictions answer UNAVAILABLE.
+///
+/// Shutdown: health flips to NOT_SERVING first, the listener closes and connections are told
+/// to send no new calls (HTTP/2 GOAWAY), calls in flight — streams included — get up to
+/// `shutdown_grace` to finish, then this returns.
 pub async fn serve(
     listener: TcpListener,
     config: ServeConfig,
@@ -76,7 +121,7 @@ pub async fn serve(
         found,
         Arc::clone(&registry),
         config.scheduler,
-        reporter,
+        reporter.clone(),
     ));
 
     let reflection = || {
@@ -84,19 +129,78 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let prediction = PredictionServiceServer::new(PredictionService::new(registry))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    // One pool of permits for every inference request and stream message.
+    let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
+    let prediction =
+        PredictionServiceServer::new(PredictionService::new(registry, Arc::clone(&permits)))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
 
-    Server::builder()
+    let draining = Arc::new(Notify::new());
+    let drain = {
+        let draining = Arc::clone(&draining);
+        async move {
+            shutdown.await;
+            // Load balancers and Kubernetes probes see NOT_SERVING before connections close.
+            set_health(&reporter, ServingStatus::NotServing).await;
+            tracing::info!("shutting down: no new calls; finishing the ones in flight");
+            draining.notify_one();
+        }
+    };
+
+    let http2 = config.http2;
+    let server = Server::builder()
+        .tcp_nodelay(http2.tcp_nodelay)
+        .http2_keepalive_interval(http2.keepalive_interval)
+        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
+        .max_concurrent_streams(Some(http2.max_concurrent_streams))
+        // The stack every call passes through, outermost first. Inference services add the
+        // global concurrency limit and load shedding beneath it (see `Limited`).
+        .layer(
+            ServiceBuilder::new()
+                // 1. Request id: the client's `x-request-id`, or a new UUID; echoed on the reply.
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                // 2. One span per call carrying that id, so every log line of the call names
+                //    it, on the model's worker thread too. Client errors are not logged as errors.
+                .layer(
+                    TraceLayer::new_for_grpc()
+                        .make_span_with(call_span)
+                        .on_request(())
+                        .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                        .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+                )
+                // 3. Deadline: the client's grpc-timeout or --request-timeout, whichever is
+                //    sooner; expiry answers DEADLINE_EXCEEDED and withdraws queued work.
+                .layer(DeadlineLayer::new(config.request_timeout)),
+        )
         .add_service(health)
         .add_service(reflection().build_v1()?)
         // grpcurl 1.8 and many tools still ask the v1alpha reflection service.
         .add_service(reflection().build_v1alpha()?)
-        .add_service(prediction)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        // Inference services sit behind the concurrency limit; health and reflection do not,
+        // so probes answer even when every permit is taken.
+        .add_service(Limited::new(prediction, &permits))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+
+    let grace = config.shutdown_grace;
+    tokio::select! {
+        result = server => result?,
+        () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "shutdown grace expired; calls still in flight are dropped");
+        }
+    }
     Ok(())
+}
+
+/// The span of one call, named by its request id.
+fn call_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("call", request_id = %id, rpc = %request.uri().path())
 }
 
 /// Loads and starts every model off the reactor, publishes them, then reports SERVING.

@@ -181,6 +181,33 @@ impl ValidInputs {
     pub fn rows(&self) -> Option<usize> {
         self.rows
     }
+
+    /// True when `other` can be stacked with these inputs into one batch: both have rows and
+    /// every input has the same shape past the batch dimension.
+    pub fn stacks_with(&self, other: &ValidInputs) -> bool {
+        self.rows.is_some()
+            && other.rows.is_some()
+            && self.tensors.len() == other.tensors.len()
+            && self
+                .tensors
+                .iter()
+                .zip(&other.tensors)
+                .all(|(a, b)| a.shape().get(1..) == b.shape().get(1..))
+    }
+
+    /// Stacks inputs that [`stacks_with`](Self::stacks_with) each other into one batch, or
+    /// `None` if they do not stack.
+    pub fn concat(parts: &[&ValidInputs]) -> Option<ValidInputs> {
+        let first = parts.first()?;
+        if !parts.iter().all(|p| first.stacks_with(p)) {
+            return None;
+        }
+        let tensors = (0..first.tensors.len())
+            .map(|i| Tensor::concat_rows(&parts.iter().map(|p| &p.tensors[i]).collect::<Vec<_>>()))
+            .collect::<Option<Vec<_>>>()?;
+        let rows = parts.iter().map(|p| p.rows).sum();
+        Some(ValidInputs { tensors, rows })
+    }
 }
 
 impl Signature {

@@ -366,6 +366,78 @@ impl Tensor {
         }
     }
 
+    /// Rows along the first dimension (0 for a scalar).
+    pub fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(0)
+    }
+
+    /// Stacks tensors of the same dtype and the same shape past the first dimension along the
+    /// first dimension, or `None` if they differ.
+    pub fn concat_rows(parts: &[&Tensor]) -> Option<Tensor> {
+        let first = parts.first()?;
+        let item = first.shape.get(1..)?;
+        if parts
+            .iter()
+            .any(|t| t.dtype != first.dtype || t.shape.get(1..) != Some(item))
+        {
+            return None;
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = parts.iter().map(|t| t.rows()).sum();
+        let data = match &first.data {
+            Data::Bytes(_) => {
+                let mut bytes = Vec::with_capacity(
+                    parts.iter().map(|t| t.bytes().map_or(0, |b| b.len())).sum(),
+                );
+                for t in parts {
+                    bytes.extend_from_slice(t.bytes()?);
+                }
+                Data::Bytes(bytes.into())
+            }
+            Data::Strings(_) => Data::Strings(
+                parts
+                    .iter()
+                    .flat_map(|t| t.strings().unwrap_or_default().iter().cloned())
+                    .collect(),
+            ),
+        };
+        Some(Tensor {
+            dtype: first.dtype,
+            shape,
+            data,
+        })
+    }
+
+    /// Splits along the first dimension into pieces of `rows` rows each, or `None` if the
+    /// counts do not add up to this tensor's rows. Numeric pieces share this tensor's bytes.
+    pub fn split_rows(&self, rows: &[usize]) -> Option<Vec<Tensor>> {
+        if self.shape.is_empty() || rows.iter().sum::<usize>() != self.rows() {
+            return None;
+        }
+        let per_row: usize = self.shape[1..].iter().product();
+        let mut start = 0;
+        let mut pieces = Vec::with_capacity(rows.len());
+        for &n in rows {
+            let mut shape = self.shape.clone();
+            shape[0] = n;
+            let (from, to) = (start * per_row, (start + n) * per_row);
+            let data = match &self.data {
+                Data::Bytes(b) => {
+                    let size = self.dtype.size()?;
+                    Data::Bytes(b.slice(from * size..to * size))
+                }
+                Data::Strings(s) => Data::Strings(s.get(from..to)?.to_vec()),
+            };
+            pieces.push(Tensor {
+                dtype: self.dtype,
+                shape,
+                data,
+            });
+            start += n;
+        }
+        Some(pieces)
+    }
+
     /// The values decoded as `T`, or `None` if `T` is not this tensor's dtype.
     pub fn to_values<T: Element>(&self) -> Option<Vec<T>> {
         let bytes = self.bytes()?;
@@ -422,6 +494,20 @@ mod tests {
         })
         .expect_err("300 does not fit INT8");
         assert_eq!(err.to_string(), "value 300 at element 1 does not fit INT8");
+    }
+
+    #[test]
+    fn rows_concatenate_and_split_back() {
+        let a = Tensor::from_values(vec![1, 2], &[1i64, 2]).expect("valid");
+        let b = Tensor::from_values(vec![2, 2], &[3i64, 4, 5, 6]).expect("valid");
+        let both = Tensor::concat_rows(&[&a, &b]).expect("same item shape");
+        assert_eq!(both.shape(), &[3, 2]);
+        assert_eq!(both.to_values::<i64>(), Some(vec![1, 2, 3, 4, 5, 6]));
+        let parts = both.split_rows(&[1, 2]).expect("counts add up");
+        assert_eq!(parts, vec![a.clone(), b]);
+        assert!(both.split_rows(&[1, 1]).is_none());
+        let wide = Tensor::from_values(vec![1, 3], &[0i64; 3]).expect("valid");
+        assert!(Tensor::concat_rows(&[&a, &wide]).is_none());
     }
 
     #[test]

@@ -163,14 +163,7 @@ async fn a_missing_repository_is_an_error_not_an_empty_server() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = predictd::server::serve(
         listener,
-        predictd::server::ServeConfig {
-            models: "/definitely/not/here".into(),
-            scheduler: predictd::scheduler::SchedulerConfig {
-                workers: 1,
-                queue_capacity: 1,
-            },
-            max_message_bytes: 1024,
-        },
+        predictd::server::ServeConfig::new("/definitely/not/here"),
         std::future::pending(),
     )
     .await

@@ -2,15 +2,17 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{Stream, StreamExt, stream};
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, field};
 
 use super::convert::{is_raw, spec_to_wire, tensor_from_wire, tensor_to_wire};
 use super::status::{status, to_rpc};
 use crate::infer::{InferError, infer};
+use crate::middleware::{Deadlines, deadline_exceeded};
 use crate::proto::predictd::v1 as pb;
 use crate::registry::Registry;
 use crate::repository::Slot;
@@ -24,19 +26,35 @@ const STREAM_WINDOW: usize = 64;
 #[derive(Debug, Clone)]
 pub struct PredictionService {
     registry: Arc<Registry>,
+    /// The server's concurrency permits. Unary calls take theirs in the tower stack; each
+    /// stream message takes one here, so one stream cannot starve unary clients.
+    permits: Arc<Semaphore>,
 }
 
 impl PredictionService {
-    /// A service answering from `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        PredictionService { registry }
+    /// A service answering from `registry`, sharing the server's concurrency `permits`.
+    pub fn new(registry: Arc<Registry>, permits: Arc<Semaphore>) -> Self {
+        PredictionService { registry, permits }
     }
+}
+
+/// The deadlines the deadline layer attached to a call (none when called without the stack).
+fn deadlines<T>(request: &Request<T>) -> Deadlines {
+    request
+        .extensions()
+        .get::<Deadlines>()
+        .copied()
+        .unwrap_or(Deadlines {
+            client: None,
+            request_timeout: Duration::MAX,
+        })
 }
 
 /// Runs one request end to end, in its own span.
 async fn predict(
     registry: &Registry,
     request: pb::PredictRequest,
+    deadline: Option<Instant>,
 ) -> Result<pb::PredictResponse, Status> {
     let span = tracing::info_span!(
         "predict",
@@ -47,7 +65,7 @@ async fn predict(
     );
     async move {
         let started = Instant::now();
-        let result = run(registry, request).await;
+        let result = run(registry, request, deadline).await;
         let span = tracing::Span::current();
         span.record("latency_us", started.elapsed().as_micros() as u64);
         match &result {
@@ -63,6 +81,7 @@ async fn predict(
 async fn run(
     registry: &Registry,
     request: pb::PredictRequest,
+    deadline: Option<Instant>,
 ) -> Result<pb::PredictResponse, Status> {
     let catalog = registry.snapshot();
     let (version, scheduler) = catalog
@@ -85,7 +104,7 @@ async fn run(
             }
         }
     }
-    let outputs = infer(scheduler, inputs, &request.outputs)
+    let outputs = infer(scheduler, inputs, &request.outputs, deadline)
         .await
         .map_err(|e| status(&e))?;
     Ok(pb::PredictResponse {
@@ -107,7 +126,8 @@ impl pb::prediction_service_server::PredictionService for PredictionService {
         &self,
         request: Request<pb::PredictRequest>,
     ) -> Result<Response<pb::PredictResponse>, Status> {
-        predict(&self.registry, request.into_inner())
+        let deadline = deadlines(&request).for_work_starting(Instant::now());
+        predict(&self.registry, request.into_inner(), Some(deadline))
             .await
             .map(Response::new)
     }
@@ -118,16 +138,27 @@ impl pb::prediction_service_server::PredictionService for PredictionService {
         &self,
         request: Request<Streaming<pb::PredictRequest>>,
     ) -> Result<Response<Self::PredictStreamStream>, Status> {
+        let deadlines = deadlines(&request);
         let registry = Arc::clone(&self.registry);
+        let permits = Arc::clone(&self.permits);
         let replies = request
             .into_inner()
             .map(move |message| {
                 let registry = Arc::clone(&registry);
+                let permits = Arc::clone(&permits);
                 async move {
                     // A message that cannot be read ends the stream: the transport is broken.
                     let request = message?;
                     let id = request.id.clone();
-                    let result = match predict(&registry, request).await {
+                    // Each message answers by the stream's deadline or --request-timeout.
+                    let deadline = deadlines.for_work_starting(Instant::now());
+                    let result = match permits.try_acquire_owned() {
+                        Ok(_permit) => predict(&registry, request, Some(deadline)).await,
+                        Err(_) => Err(Status::resource_exhausted(
+                            "the server is at its limit of concurrent requests (--max-concurrent-requests); retry later",
+                        )),
+                    };
+                    let result = match result {
                         Ok(response) => pb::predict_stream_response::Result::Response(response),
                         Err(status) => pb::predict_stream_response::Result::Error(to_rpc(&status)),
                     };
@@ -138,7 +169,22 @@ impl pb::prediction_service_server::PredictionService for PredictionService {
                 }
             })
             .buffered(STREAM_WINDOW);
-        Ok(Response::new(Box::pin(replies)))
+        // The stream itself ends at the client's deadline, with DEADLINE_EXCEEDED.
+        let replies: ReplyStream = match deadlines.client {
+            None => Box::pin(replies),
+            Some(at) => Box::pin(
+                replies
+                    .take_until(tokio::time::sleep_until(at.into()))
+                    .chain(
+                        stream::once(async move { Instant::now() >= at }).filter_map(
+                            move |expired| async move {
+                                expired.then(|| Err(deadline_exceeded(&deadlines)))
+                            },
+                        ),
+                    ),
+            ),
+        };
+        Ok(Response::new(replies))
     }
 
     async fn list_models(

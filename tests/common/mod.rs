@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use predictd::proto::predictd::v1 as pb;
-use predictd::scheduler::SchedulerConfig;
 use predictd::server::{ServeConfig, serve};
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -38,15 +37,9 @@ impl TestServer {
     /// Serves `models` on 127.0.0.1:0 and waits (on the health Watch stream, not a sleep) until
     /// the models are loaded.
     pub async fn start(models: &Path) -> TestServer {
-        Self::start_with(ServeConfig {
-            models: models.to_path_buf(),
-            scheduler: SchedulerConfig {
-                workers: 2,
-                queue_capacity: 256,
-            },
-            max_message_bytes: 64 * 1024 * 1024,
-        })
-        .await
+        let mut config = ServeConfig::new(models);
+        config.scheduler.workers = 2;
+        Self::start_with(config).await
     }
 
     pub async fn start_with(config: ServeConfig) -> TestServer {

