@@ -279,6 +279,7 @@ impl Worker {
         if batch.len() == 1
             && let Some(job) = batch.pop()
         {
+            self.stats.starting(1);
             let started = Instant::now();
             // Cloning shares the tensors' bytes; the job keeps its inputs for the retry path.
             let result = self.model.run(job.inputs.clone());
@@ -287,6 +288,7 @@ impl Worker {
         }
         let rows: Vec<usize> = batch.iter().map(Job::rows).collect();
         let parts: Vec<&ValidInputs> = batch.iter().map(|j| &j.inputs).collect();
+        self.stats.starting(batch.len());
         let started = Instant::now();
         let split = ValidInputs::concat(&parts)
             .ok_or_else(|| RunError::Engine("batch inputs do not stack: this is a bug".into()))

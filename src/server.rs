@@ -112,85 +112,124 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let found = repository::discover(&config.models)?;
-    let registry = Arc::new(Registry::new(found.pending()));
+    App::new(config)?.serve(listener, shutdown).await
+}
 
-    let (reporter, health) = tonic_health::server::health_reporter();
-    set_health(&reporter, ServingStatus::NotServing).await;
-    tokio::spawn(load_models(
-        found,
-        Arc::clone(&registry),
-        config.scheduler,
-        reporter.clone(),
-    ));
+/// A server whose repository has been found but not yet served. Holding one gives access to
+/// the live registry (the models and their counters), which tests and embedders use.
+#[derive(Debug)]
+pub struct App {
+    config: ServeConfig,
+    found: Catalog<PathBuf>,
+    registry: Arc<Registry>,
+}
 
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    // One pool of permits for every inference request and stream message.
-    let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
-    let prediction =
-        PredictionServiceServer::new(PredictionService::new(registry, Arc::clone(&permits)))
-            .max_decoding_message_size(config.max_message_bytes)
-            .max_encoding_message_size(config.max_message_bytes);
-
-    let draining = Arc::new(Notify::new());
-    let drain = {
-        let draining = Arc::clone(&draining);
-        async move {
-            shutdown.await;
-            // Load balancers and Kubernetes probes see NOT_SERVING before connections close.
-            set_health(&reporter, ServingStatus::NotServing).await;
-            tracing::info!("shutting down: no new calls; finishing the ones in flight");
-            draining.notify_one();
-        }
-    };
-
-    let http2 = config.http2;
-    let server = Server::builder()
-        .tcp_nodelay(http2.tcp_nodelay)
-        .http2_keepalive_interval(http2.keepalive_interval)
-        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
-        .max_concurrent_streams(Some(http2.max_concurrent_streams))
-        // The stack every call passes through, outermost first. Inference services add the
-        // global concurrency limit and load shedding beneath it (see `Limited`).
-        .layer(
-            ServiceBuilder::new()
-                // 1. Request id: the client's `x-request-id`, or a new UUID; echoed on the reply.
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(PropagateRequestIdLayer::x_request_id())
-                // 2. One span per call carrying that id, so every log line of the call names
-                //    it, on the model's worker thread too. Client errors are not logged as errors.
-                .layer(
-                    TraceLayer::new_for_grpc()
-                        .make_span_with(call_span)
-                        .on_request(())
-                        .on_response(DefaultOnResponse::new().level(Level::DEBUG))
-                        .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-                )
-                // 3. Deadline: the client's grpc-timeout or --request-timeout, whichever is
-                //    sooner; expiry answers DEADLINE_EXCEEDED and withdraws queued work.
-                .layer(DeadlineLayer::new(config.request_timeout)),
-        )
-        .add_service(health)
-        .add_service(reflection().build_v1()?)
-        // grpcurl 1.8 and many tools still ask the v1alpha reflection service.
-        .add_service(reflection().build_v1alpha()?)
-        // Inference services sit behind the concurrency limit; health and reflection do not,
-        // so probes answer even when every permit is taken.
-        .add_service(Limited::new(prediction, &permits))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
-
-    let grace = config.shutdown_grace;
-    tokio::select! {
-        result = server => result?,
-        () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "shutdown grace expired; calls still in flight are dropped");
-        }
+impl App {
+    /// Finds the models of `config.models`; nothing is loaded yet.
+    pub fn new(config: ServeConfig) -> Result<App, ServeError> {
+        let found = repository::discover(&config.models)?;
+        let registry = Arc::new(Registry::new(found.pending()));
+        Ok(App {
+            config,
+            found,
+            registry,
+        })
     }
-    Ok(())
+
+    /// What is served now.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
+    }
+
+    /// Loads the models in the background and serves until `shutdown`, then drains.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let App {
+            config,
+            found,
+            registry,
+        } = self;
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        set_health(&reporter, ServingStatus::NotServing).await;
+        tokio::spawn(load_models(
+            found,
+            Arc::clone(&registry),
+            config.scheduler,
+            reporter.clone(),
+        ));
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // One pool of permits for every inference request and stream message.
+        let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
+        let prediction =
+            PredictionServiceServer::new(PredictionService::new(registry, Arc::clone(&permits)))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes);
+
+        let draining = Arc::new(Notify::new());
+        let drain = {
+            let draining = Arc::clone(&draining);
+            async move {
+                shutdown.await;
+                // Load balancers and Kubernetes probes see NOT_SERVING before connections close.
+                set_health(&reporter, ServingStatus::NotServing).await;
+                tracing::info!("shutting down: no new calls; finishing the ones in flight");
+                draining.notify_one();
+            }
+        };
+
+        let http2 = config.http2;
+        let server = Server::builder()
+            .tcp_nodelay(http2.tcp_nodelay)
+            .http2_keepalive_interval(http2.keepalive_interval)
+            .http2_keepalive_timeout(Some(http2.keepalive_timeout))
+            .max_concurrent_streams(Some(http2.max_concurrent_streams))
+            // The stack every call passes through, outermost first. Inference services add the
+            // global concurrency limit and load shedding beneath it (see `Limited`).
+            .layer(
+                ServiceBuilder::new()
+                    // 1. Request id: the client's `x-request-id`, or a new UUID; echoed on the reply.
+                    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                    .layer(PropagateRequestIdLayer::x_request_id())
+                    // 2. One span per call carrying that id, so every log line of the call names
+                    //    it, on the model's worker thread too. Client errors are not logged as errors.
+                    .layer(
+                        TraceLayer::new_for_grpc()
+                            .make_span_with(call_span)
+                            .on_request(())
+                            .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                            .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+                    )
+                    // 3. Deadline: the client's grpc-timeout or --request-timeout, whichever is
+                    //    sooner; expiry answers DEADLINE_EXCEEDED and withdraws queued work.
+                    .layer(DeadlineLayer::new(config.request_timeout)),
+            )
+            .add_service(health)
+            .add_service(reflection().build_v1()?)
+            // grpcurl 1.8 and many tools still ask the v1alpha reflection service.
+            .add_service(reflection().build_v1alpha()?)
+            // Inference services sit behind the concurrency limit; health and reflection do not,
+            // so probes answer even when every permit is taken.
+            .add_service(Limited::new(prediction, &permits))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+
+        let grace = config.shutdown_grace;
+        tokio::select! {
+            result = server => result?,
+            () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "shutdown grace expired; calls still in flight are dropped");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The span of one call, named by its request id.

@@ -8,6 +8,7 @@ use std::time::Duration;
 /// consistent-enough view for monitoring, never a lock on the request path.
 #[derive(Debug, Default)]
 pub struct ModelStats {
+    started: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
     rows: AtomicU64,
@@ -24,6 +25,8 @@ pub struct ModelStats {
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatsSnapshot {
+    /// Requests whose run has begun.
+    pub started: u64,
     /// Requests that ran and were answered.
     pub succeeded: u64,
     /// Requests that ran and failed.
@@ -53,6 +56,11 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl ModelStats {
+    /// A run of `requests` requests begins.
+    pub fn starting(&self, requests: usize) {
+        self.started.fetch_add(requests as u64, Relaxed);
+    }
+
     /// One batch of `requests` requests and `rows` rows ran in `compute`.
     pub fn batch(&self, requests: usize, rows: usize, compute: Duration) {
         self.batches.fetch_add(1, Relaxed);
@@ -91,6 +99,7 @@ impl ModelStats {
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
+            started: self.started.load(Relaxed),
             succeeded: self.succeeded.load(Relaxed),
             failed: self.failed.load(Relaxed),
             rows: self.rows.load(Relaxed),

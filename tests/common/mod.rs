@@ -12,8 +12,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use predictd::proto::predictd::v1 as pb;
-use predictd::server::{ServeConfig, serve};
+use predictd::registry::Registry;
+use predictd::server::{App, ServeConfig};
+use predictd::stats::StatsSnapshot;
 use serde::Deserialize;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -29,6 +32,8 @@ pub fn bundled_models() -> PathBuf {
 /// A server running in this process; stops when dropped.
 pub struct TestServer {
     pub channel: Channel,
+    pub addr: std::net::SocketAddr,
+    pub registry: Arc<Registry>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -46,8 +51,10 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
+        let app = App::new(config).expect("repository readable");
+        let registry = app.registry();
         let task = tokio::spawn(async move {
-            serve(listener, config, async {
+            app.serve(listener, async {
                 let _ = stopped.await;
             })
             .await
@@ -73,6 +80,8 @@ impl TestServer {
         }
         TestServer {
             channel,
+            addr,
+            registry,
             stop: Some(stop),
             task: Some(task),
         }
@@ -80,6 +89,31 @@ impl TestServer {
 
     pub fn client(&self) -> Client {
         Client::new(self.channel.clone())
+    }
+
+    /// A client on a connection of its own.
+    pub async fn new_client(&self) -> Client {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Client::new(channel)
+    }
+
+    /// The counters of the latest version of `model`.
+    pub fn stats(&self, model: &str) -> StatsSnapshot {
+        let catalog = self.registry.snapshot();
+        let (_, scheduler) = catalog.resolve(model, "").unwrap();
+        scheduler.stats().snapshot()
+    }
+
+    /// Asks the server to stop and waits until it has drained.
+    pub fn begin_stop(&mut self) -> tokio::task::JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("not stopped yet")
     }
 
     pub async fn stop(mut self) {
@@ -268,4 +302,159 @@ pub fn request(reference: &Reference, encode: fn(&RefTensor) -> pb::Tensor) -> p
             .collect(),
         outputs: Vec::new(),
     }
+}
+
+/// Polls `condition` (every millisecond, at most 30 s) until it holds. For waiting on another
+/// task's progress that has no event to await; fails the test rather than hanging.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..30_000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Writes `<root>/<name>/1/model.onnx`, a deliberately heavy model: `X` FP32 [N, 256] through
+/// `layers` chained 256×256 MatMuls to `Y` FP32 [N, 256]. Its cost grows with rows × layers.
+pub fn write_heavy_model(root: &Path, name: &str, layers: usize) {
+    use prost::Message;
+    use tract_onnx::pb;
+    const W: i64 = 256;
+    let dim = |value: pb::tensor_shape_proto::dimension::Value| pb::tensor_shape_proto::Dimension {
+        value: Some(value),
+        ..Default::default()
+    };
+    let io = |name: &str| pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: vec![
+                        dim(pb::tensor_shape_proto::dimension::Value::DimParam(
+                            "N".into(),
+                        )),
+                        dim(pb::tensor_shape_proto::dimension::Value::DimValue(W)),
+                    ],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let weight = pb::TensorProto {
+        name: "W".into(),
+        dims: vec![W, W],
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        float_data: (0..W * W).map(|i| ((i % 7) as f32 - 3.0) / 256.0).collect(),
+        ..Default::default()
+    };
+    let nodes = (0..layers)
+        .map(|i| pb::NodeProto {
+            input: vec![
+                if i == 0 { "X".into() } else { format!("h{i}") },
+                "W".into(),
+            ],
+            output: vec![if i + 1 == layers {
+                "Y".into()
+            } else {
+                format!("h{}", i + 1)
+            }],
+            name: format!("matmul{i}"),
+            op_type: "MatMul".into(),
+            ..Default::default()
+        })
+        .collect();
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(pb::GraphProto {
+            name: name.into(),
+            node: nodes,
+            initializer: vec![weight],
+            input: vec![io("X")],
+            output: vec![io("Y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let dir = root.join(name).join("1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.onnx"), model.encode_to_vec()).unwrap();
+}
+
+/// A request for the heavy model with `rows` rows.
+pub fn heavy_request(name: &str, rows: usize) -> pb::PredictRequest {
+    pb::PredictRequest {
+        model: name.into(),
+        id: format!("heavy-{rows}"),
+        inputs: [(
+            "X".to_string(),
+            pb::Tensor {
+                shape: vec![rows as i64, 256],
+                float_values: vec![0.5; rows * 256],
+                ..Default::default()
+            },
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// The gRPC status of a unary call made on a bare HTTP/2 stream. Unlike tonic's client, this
+/// does not enforce `grpc-timeout` itself, so what comes back is what the server said — as it
+/// would be for grpc-go, grpc-java or h2load.
+pub async fn raw_unary(
+    addr: std::net::SocketAddr,
+    path: &str,
+    message: &impl prost::Message,
+    headers: &[(&str, &str)],
+) -> (i32, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut client = client.ready().await.unwrap();
+    let (response, mut send) = client
+        .send_request(request.body(()).unwrap(), false)
+        .unwrap();
+    let body = message.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&body);
+    send.send_data(framed.into(), true).unwrap();
+    let response = response.await.unwrap();
+    let status = |headers: &http::HeaderMap| {
+        let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+        let message = headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        Some((code, message))
+    };
+    if let Some(found) = status(response.headers()) {
+        return found;
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .unwrap()
+        .expect("gRPC replies end with trailers");
+    status(&trailers).expect("trailers carry grpc-status")
 }
