@@ -125,7 +125,7 @@ pub enum TensorError {
         got: usize,
     },
     /// The number of typed values does not match the shape.
-    #[error("{got} values were sent, but shape {} needs {expected}", ShapeDisplay(.shape))]
+    #[error("{got} value(s) were sent, but shape {} needs {expected}", ShapeDisplay(.shape))]
     ValueCount {
         /// The tensor's shape.
         shape: Vec<usize>,

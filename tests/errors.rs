@@ -118,7 +118,7 @@ fn cases() -> Vec<(&'static str, pb::PredictRequest, Code, Vec<&'static str>)> {
             "typed value count not matching the shape",
             x(floats(vec![2, 13], &ROW)),
             Code::InvalidArgument,
-            vec!["wine_forest", "'X'", "13 values", "[2, 13]", "needs 26"],
+            vec!["wine_forest", "'X'", "13 value(s)", "[2, 13]", "needs 26"],
         ),
         (
             "negative dimension",

