@@ -10,7 +10,9 @@ use std::path::Path;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use predictd::grpc::convert::{tensor_from_wire, tensor_to_wire};
 use predictd::repository::{self, Slot};
+use predictd::scheduler::{Scheduler, SchedulerConfig};
 use predictd::tensor::Tensor;
+use std::time::Duration;
 
 /// The first reference row of every input, repeated `rows` times.
 fn inputs(models: &Path, name: &str, rows: usize) -> Vec<(String, Tensor)> {
@@ -68,6 +70,40 @@ fn models(c: &mut Criterion) {
     group.finish();
 }
 
+/// The cost of going through a model's queue and worker thread instead of calling it directly:
+/// submit, wake a worker, run, reply. Compare with `model/diabetes_linear/1`.
+fn scheduler(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let catalog = repository::open(&dir).unwrap();
+    let Some(Slot::Ready(model)) = catalog.models["diabetes_linear"]
+        .versions
+        .values()
+        .next_back()
+    else {
+        panic!("diabetes_linear did not load");
+    };
+    let valid = model
+        .signature()
+        .validate(inputs(&dir, "diabetes_linear", 1))
+        .unwrap();
+    let scheduler = Scheduler::start(
+        model.clone(),
+        SchedulerConfig {
+            workers: 1,
+            queue_capacity: 16,
+            max_batch_size: 64,
+            max_queue_delay: Duration::ZERO,
+        },
+    )
+    .unwrap();
+    c.bench_function("scheduler/diabetes_linear/1", |b| {
+        b.iter(|| {
+            let reply = scheduler.submit(valid.clone(), None).unwrap();
+            black_box(reply.blocking_recv().unwrap().unwrap())
+        })
+    });
+}
+
 fn wire(c: &mut Criterion) {
     let values: Vec<f32> = (0..32 * 64).map(|i| i as f32 / 7.0).collect();
     let tensor = Tensor::from_values(vec![32, 64], &values).unwrap();
@@ -89,5 +125,5 @@ fn wire(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, models, wire);
+criterion_group!(benches, models, scheduler, wire);
 criterion_main!(benches);
