@@ -6,7 +6,6 @@
 //! expired call with CANCELLED where clients expect DEADLINE_EXCEEDED.
 
 use std::convert::Infallible;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -160,23 +159,27 @@ fn rescue(result: Result<Response<Body>, BoxError>) -> Result<Response<Body>, In
     }))
 }
 
-/// An inference service behind the global concurrency limit, with load shedding: when every
-/// permit is taken a request is refused at once with RESOURCE_EXHAUSTED instead of waiting.
-/// It keeps the inner service's gRPC name, so tonic routes to it as before.
+/// A gRPC service whose inference methods sit behind the global concurrency limit, with load
+/// shedding: when every permit is taken such a call is refused at once with RESOURCE_EXHAUSTED
+/// instead of waiting. Its other methods (metadata, listings) bypass the limit, so they answer
+/// under overload. It keeps the inner service's gRPC name, so tonic routes to it as before.
 pub struct Limited<T> {
-    inner: BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>,
-    /// An error from `poll_ready`, answered as a status by the next `call`: tonic wants
+    limited: BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>,
+    direct: T,
+    /// The method names (last path segment) that take a permit.
+    methods: &'static [&'static str],
+    /// An error from `poll_ready`, answered as a status by the next limited `call`: tonic wants
     /// services that never fail, so errors become replies.
     failed: Option<BoxError>,
-    service: PhantomData<fn() -> T>,
 }
 
-impl<T> Clone for Limited<T> {
+impl<T: Clone> Clone for Limited<T> {
     fn clone(&self) -> Self {
         Limited {
-            inner: self.inner.clone(),
+            limited: self.limited.clone(),
+            direct: self.direct.clone(),
+            methods: self.methods,
             failed: None,
-            service: PhantomData,
         }
     }
 }
@@ -190,20 +193,25 @@ where
         + 'static,
     T::Future: Send + 'static,
 {
-    /// Puts `service` behind the limit whose permits are `permits` (shared by every inference
-    /// service, and by the messages of streams).
-    pub fn new(service: T, permits: &Arc<tokio::sync::Semaphore>) -> Self {
-        let stack = ServiceBuilder::new()
+    /// Puts the `methods` of `service` behind the limit whose permits are `permits` (shared by
+    /// every inference service, and by the messages of streams).
+    pub fn new(
+        service: T,
+        permits: &Arc<tokio::sync::Semaphore>,
+        methods: &'static [&'static str],
+    ) -> Self {
+        let limited = ServiceBuilder::new()
             // Shedding sits right above the limit: it turns "no permit now" into an error now.
             .load_shed()
             .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::clone(
                 permits,
             )))
-            .service(service);
+            .service(service.clone());
         Limited {
-            inner: BoxCloneSyncService::new(stack),
+            limited: BoxCloneSyncService::new(limited),
+            direct: service,
+            methods,
             failed: None,
-            service: PhantomData,
         }
     }
 }
@@ -212,23 +220,35 @@ impl<T: NamedService> NamedService for Limited<T> {
     const NAME: &'static str = T::NAME;
 }
 
-impl<T> Service<Request<Body>> for Limited<T> {
+impl<T> Service<Request<Body>> for Limited<T>
+where
+    T: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    T::Future: Send + 'static,
+{
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<Result<Response<Body>, Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if let Err(error) = std::task::ready!(self.inner.poll_ready(cx)) {
+        // The request is not known yet: get ready for either path. A permit taken here for a
+        // call that turns out to bypass the limit is released as soon as the call is routed.
+        if let Err(error) = std::task::ready!(self.limited.poll_ready(cx)) {
             self.failed = Some(error);
         }
-        Poll::Ready(Ok(()))
+        self.direct.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let method = request.uri().path().rsplit('/').next().unwrap_or("");
+        if !self.methods.contains(&method) {
+            self.failed = None;
+            let call = self.direct.call(request);
+            return Box::pin(call);
+        }
         match self.failed.take() {
             Some(error) => Box::pin(std::future::ready(rescue(Err(error)))),
             None => {
-                let call = self.inner.call(request);
+                let call = self.limited.call(request);
                 Box::pin(async move { rescue(call.await) })
             }
         }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
@@ -188,7 +188,6 @@ impl App {
 
         let http2 = config.http2;
         let server = Server::builder()
-            .tcp_nodelay(http2.tcp_nodelay)
             .http2_keepalive_interval(http2.keepalive_interval)
             .http2_keepalive_timeout(Some(http2.keepalive_timeout))
             .max_concurrent_streams(Some(http2.max_concurrent_streams))
@@ -218,8 +217,17 @@ impl App {
             .add_service(reflection().build_v1alpha()?)
             // Inference services sit behind the concurrency limit; health and reflection do not,
             // so probes answer even when every permit is taken.
-            .add_service(Limited::new(prediction, &permits))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+            .add_service(Limited::new(
+                prediction,
+                &permits,
+                &["Predict", "PredictStream"],
+            ))
+            // tonic applies TCP_NODELAY only to sockets it accepts itself, not to a listener
+            // handed in; without it, small replies wait out the client's delayed ACK (~40 ms).
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(http2.tcp_nodelay)),
+                drain,
+            );
 
         let grace = config.shutdown_grace;
         tokio::select! {
