@@ -145,13 +145,18 @@ pub fn deadline_exceeded(deadlines: &Deadlines) -> Status {
     }
 }
 
+/// The status of a call refused because every concurrency permit is taken.
+pub fn overloaded() -> Status {
+    Status::resource_exhausted(
+        "the server is at its limit of concurrent requests (--max-concurrent-requests); retry later",
+    )
+}
+
 /// Turns what the layers below return as errors into gRPC statuses: the one place it happens.
 fn rescue(result: Result<Response<Body>, BoxError>) -> Result<Response<Body>, Infallible> {
     Ok(result.unwrap_or_else(|error| {
         let status = if error.is::<Overloaded>() {
-            Status::resource_exhausted(
-                "the server is at its limit of concurrent requests (--max-concurrent-requests); retry later",
-            )
+            overloaded()
         } else {
             Status::from_error(error)
         };

@@ -329,3 +329,35 @@ async fn shutdown_lets_calls_in_flight_finish_and_refuses_new_ones() {
         .await;
     assert!(refused.is_err(), "the listener is closed");
 }
+
+#[tokio::test]
+async fn a_stream_ends_at_its_deadline_with_deadline_exceeded() {
+    let (server, _dir) = heavy_server(|_| {}).await;
+    let (send, messages) = tokio::sync::mpsc::channel(4);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(messages));
+    request.set_timeout(Duration::from_millis(300));
+    let mut replies = server
+        .client()
+        .predict_stream(request)
+        .await
+        .unwrap()
+        .into_inner();
+    send.send(heavy_request("heavy", 1)).await.unwrap();
+    let first = replies.message().await.unwrap().expect("a reply");
+    assert!(matches!(
+        first.result,
+        Some(pb::predict_stream_response::Result::Response(_))
+    ));
+    // The client keeps its side open; the server ends the stream at the deadline.
+    let status = replies
+        .message()
+        .await
+        .expect_err("the deadline ends the stream");
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+    drop(send);
+}

@@ -12,7 +12,7 @@ use tracing::{Instrument, field};
 use super::convert::{is_raw, spec_to_wire, tensor_from_wire, tensor_to_wire};
 use super::status::{status, to_rpc};
 use crate::infer::{InferError, infer};
-use crate::middleware::{Deadlines, deadline_exceeded};
+use crate::middleware::{Deadlines, deadline_exceeded, overloaded};
 use crate::proto::predictd::v1 as pb;
 use crate::registry::Registry;
 use crate::repository::Slot;
@@ -154,9 +154,7 @@ impl pb::prediction_service_server::PredictionService for PredictionService {
                     let deadline = deadlines.for_work_starting(Instant::now());
                     let result = match permits.try_acquire_owned() {
                         Ok(_permit) => predict(&registry, request, Some(deadline)).await,
-                        Err(_) => Err(Status::resource_exhausted(
-                            "the server is at its limit of concurrent requests (--max-concurrent-requests); retry later",
-                        )),
+                        Err(_) => Err(overloaded()),
                     };
                     let result = match result {
                         Ok(response) => pb::predict_stream_response::Result::Response(response),
