@@ -79,7 +79,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
-    tracing::info!("shutting down: finishing requests in flight");
 }
 
 fn inspect(path: &std::path::Path) -> anyhow::Result<()> {
