@@ -76,6 +76,9 @@
 //! the run short. With the defaults the whole run takes about 2¾ minutes after compiling.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -98,8 +101,6 @@ use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use pb::prediction_service_client::PredictionServiceClient;
 use pb::prediction_service_server::{PredictionService, PredictionServiceServer};
@@ -416,27 +417,7 @@ fn start_served(models: &Path, client: &ClientRuntime) -> Running {
         .expect("predictd server failed");
     });
     client.block_on(async {
-        let channel = connect(addr).await;
-        let mut health = HealthClient::new(channel);
-        let mut watch = health
-            .watch(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let serving = tokio::time::timeout(Duration::from_secs(300), async {
-            while let Some(reply) = watch.message().await.unwrap() {
-                if reply.status == ServingStatus::Serving as i32 {
-                    return true;
-                }
-            }
-            false
-        });
-        assert!(
-            serving.await.unwrap_or(false),
-            "the server never reported SERVING"
-        );
+        common::wait_until_serving(connect(addr).await).await;
     });
     Running {
         addr,

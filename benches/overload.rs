@@ -360,25 +360,7 @@ fn main() {
     eprintln!("overload: loading the heavy model ({LAYERS} layers)...");
     let serving_after = client_rt.block_on(async {
         let start = Instant::now();
-        let mut watch = HealthClient::new(connect(addr).await)
-            .watch(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let serving = tokio::time::timeout(Duration::from_secs(300), async {
-            while let Some(reply) = watch.message().await.unwrap() {
-                if reply.status == ServingStatus::Serving as i32 {
-                    return true;
-                }
-            }
-            false
-        });
-        assert!(
-            serving.await.unwrap_or(false),
-            "the server never reported SERVING"
-        );
+        common::wait_until_serving(connect(addr).await).await;
         start.elapsed()
     });
 

@@ -65,19 +65,7 @@ impl TestServer {
             .connect()
             .await
             .unwrap();
-        let mut health = HealthClient::new(channel.clone());
-        let mut watch = health
-            .watch(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        while let Some(reply) = watch.message().await.unwrap() {
-            if reply.status == ServingStatus::Serving as i32 {
-                break;
-            }
-        }
+        wait_until_serving(channel.clone()).await;
         TestServer {
             channel,
             addr,
@@ -302,6 +290,30 @@ pub fn request(reference: &Reference, encode: fn(&RefTensor) -> pb::Tensor) -> p
             .collect(),
         outputs: Vec::new(),
     }
+}
+
+/// Waits on the health Watch stream (an event, not polling) until the server reports SERVING,
+/// at most five minutes.
+pub async fn wait_until_serving(channel: Channel) {
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let serving = tokio::time::timeout(std::time::Duration::from_secs(300), async {
+        while let Some(reply) = watch.message().await.unwrap() {
+            if reply.status == ServingStatus::Serving as i32 {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(
+        serving.await.unwrap_or(false),
+        "the server never reported SERVING"
+    );
 }
 
 /// Polls `condition` (every millisecond, at most 30 s) until it holds. For waiting on another
