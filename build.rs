@@ -4,7 +4,7 @@
 use std::{env, path::PathBuf};
 
 /// The .proto files that define predictd's services, relative to `proto/`.
-const PROTOS: &[&str] = &["predictd/v1/predict.proto"];
+const PROTOS: &[&str] = &["predictd/v1/predict.proto", "inference/grpc_service.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .bytes(".predictd.v1.Tensor.raw")
+        .bytes(".inference.ModelInferRequest.raw_input_contents")
+        .bytes(".inference.ModelInferResponse.raw_output_contents")
         .compile_fds(descriptors)?;
     Ok(())
 }

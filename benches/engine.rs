@@ -1,6 +1,11 @@
 //! In-process costs, no RPC: each bundled model run by the engine at batch 1, 8 and 32, and the
 //! wire conversions of a request's tensor. These are the baselines the load benchmarks divide by.
 //!
+//! `model/<name>/<rows>` runs the plan with a symbolic batch dimension (every model has it);
+//! `fixed_plan/<name>/<rows>` the plan optimised for exactly that many rows
+//! (`preferred_batch_sizes`). Padding a 5-row batch to 8 pays off when `fixed_plan/<name>/8`
+//! beats `model/<name>/5`.
+//!
 //! `cargo bench --bench engine`
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,6 +14,7 @@ use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use predictd::grpc::convert::{tensor_from_wire, tensor_to_wire};
+use predictd::model::Model;
 use predictd::repository::{self, Slot};
 use predictd::scheduler::{Scheduler, SchedulerConfig};
 use predictd::tensor::Tensor;
@@ -56,7 +62,29 @@ fn models(c: &mut Criterion) {
         let Some(Slot::Ready(model)) = entry.versions.values().next_back() else {
             panic!("{name} did not load");
         };
-        for rows in [1usize, 8, 32] {
+        for rows in [1usize, 5, 8, 32] {
+            let valid = model
+                .signature()
+                .validate(inputs(&dir, name, rows))
+                .unwrap();
+            group.throughput(Throughput::Elements(rows as u64));
+            group.bench_with_input(BenchmarkId::new(name.as_str(), rows), &valid, |b, valid| {
+                b.iter(|| black_box(model.run(valid.clone()).unwrap()))
+            });
+        }
+    }
+    group.finish();
+
+    let sizes = [1usize, 8, 32];
+    let mut group = c.benchmark_group("fixed_plan");
+    for (name, entry) in &catalog.models {
+        let (&version, _) = entry.versions.last_key_value().unwrap();
+        let path = dir
+            .join(name)
+            .join(version.to_string())
+            .join(repository::MODEL_FILE);
+        let model = Model::load(name, version, &path, &sizes).unwrap();
+        for rows in sizes {
             let valid = model
                 .signature()
                 .validate(inputs(&dir, name, rows))

@@ -65,6 +65,15 @@ pub struct ServeArgs {
     /// How long a partial batch may wait for more requests, in microseconds (0: never wait).
     #[arg(long, default_value_t = 0, env = "PREDICTD_MAX_QUEUE_DELAY_US")]
     pub max_queue_delay_us: u64,
+    /// Batch sizes that get a plan optimised for exactly that many rows, comma-separated; other
+    /// sizes run the plan for any size. Empty: that plan only.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1",
+        env = "PREDICTD_PREFERRED_BATCH_SIZES"
+    )]
+    pub preferred_batch_sizes: Vec<usize>,
     /// Largest request or reply message, in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024, env = "PREDICTD_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: usize,
@@ -141,6 +150,7 @@ impl ServeArgs {
                 max_batch_size: self.max_batch_size,
                 max_queue_delay: Duration::from_micros(self.max_queue_delay_us),
             },
+            preferred_batch_sizes: self.preferred_batch_sizes.clone(),
             max_message_bytes: positive("max-message-bytes", self.max_message_bytes)?,
             request_timeout: self.request_timeout,
             max_concurrent_requests: positive(

@@ -3,12 +3,13 @@
 //! The engine — [`tensor`], [`signature`], [`model`], [`repository`] — is a plain library with
 //! no async runtime or RPC types in it, so `predictd serve`, offline scoring and the Python
 //! package share it. The serving side — [`scheduler`], [`registry`], [`infer`], [`grpc`],
-//! [`server`] — puts worker threads and a gRPC stack in front of it.
+//! [`kserve`], [`server`] — puts worker threads and the RPC front ends in front of it.
 
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod infer;
+pub mod kserve;
 pub mod middleware;
 pub mod model;
 pub mod proto;

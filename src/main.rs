@@ -88,7 +88,7 @@ fn inspect(path: &std::path::Path) -> anyhow::Result<()> {
         .and_then(|p| p.file_name())
         .and_then(|n| n.to_str())
         .unwrap_or("model");
-    let model = Model::load(name, 1, path)?;
+    let model = Model::load(name, 1, path, &[])?;
     let signature = model.signature();
     let print = |role: &str, specs: &[predictd::signature::TensorSpec]| {
         for spec in specs {

@@ -10,6 +10,12 @@ pub mod predictd {
     }
 }
 
+/// The Open Inference Protocol (KServe v2) with Triton's extensions, wire-compatible with
+/// Triton's `inference` package.
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
 /// Google's shared API types.
 pub mod google {
     /// `google.rpc.Status`.

@@ -2,6 +2,7 @@
 //! when it changes (models finish loading, later a reload), so readers never wait on a lock.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -13,6 +14,8 @@ use crate::scheduler::{Scheduler, SchedulerConfig};
 #[derive(Debug)]
 pub struct Registry {
     current: ArcSwap<Catalog<Scheduler>>,
+    /// Whether the server takes traffic: false while models load and once draining begins.
+    serving: AtomicBool,
 }
 
 impl Registry {
@@ -20,7 +23,18 @@ impl Registry {
     pub fn new(catalog: Catalog<Scheduler>) -> Registry {
         Registry {
             current: ArcSwap::from_pointee(catalog),
+            serving: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the server takes traffic, as readiness probes of every protocol report it.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Marks the server ready for traffic, or not.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
     }
 
     /// The catalog as it is now; later changes do not affect it.

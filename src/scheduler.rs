@@ -108,7 +108,8 @@ pub struct SchedulerConfig {
 pub struct Scheduler {
     model: Arc<Model>,
     queue: Sender<Job>,
-    capacity: usize,
+    /// The settings in force: `max_batch_size` is 0 for a model that cannot be batched.
+    config: SchedulerConfig,
     stats: Arc<ModelStats>,
 }
 
@@ -123,7 +124,13 @@ impl Scheduler {
         } else {
             0
         };
-        for i in 0..config.workers.max(1) {
+        let config = SchedulerConfig {
+            workers: config.workers.max(1),
+            queue_capacity: capacity,
+            max_batch_size: max_rows,
+            max_queue_delay: config.max_queue_delay,
+        };
+        for i in 0..config.workers {
             let mut worker = Worker {
                 model: Arc::clone(&model),
                 jobs: jobs.clone(),
@@ -139,7 +146,7 @@ impl Scheduler {
         Ok(Scheduler {
             model,
             queue,
-            capacity,
+            config,
             stats,
         })
     }
@@ -147,6 +154,11 @@ impl Scheduler {
     /// The model this scheduler runs.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> SchedulerConfig {
+        self.config
     }
 
     /// The model's counters.
@@ -176,7 +188,7 @@ impl Scheduler {
                 Err(ScheduleError::QueueFull {
                     model: self.model.name().to_string(),
                     version: self.model.version(),
-                    capacity: self.capacity,
+                    capacity: self.config.queue_capacity,
                 })
             }
             Err(TrySendError::Disconnected(_)) => Err(ScheduleError::Stopped {
@@ -284,7 +296,7 @@ impl Worker {
             // Cloning shares the tensors' bytes; the job keeps its inputs for the retry path.
             let result = self.model.run(job.inputs.clone());
             self.stats.batch(1, job.rows(), started.elapsed());
-            return self.answer(vec![(job, result.map_err(JobError::from))]);
+            return self.answer(started, vec![(job, result.map_err(JobError::from))]);
         }
         let rows: Vec<usize> = batch.iter().map(Job::rows).collect();
         let parts: Vec<&ValidInputs> = batch.iter().map(|j| &j.inputs).collect();
@@ -298,7 +310,10 @@ impl Worker {
         match split {
             Ok(per_job) => {
                 self.stats.batch(batch.len(), rows.iter().sum(), compute);
-                self.answer(batch.into_iter().zip(per_job.into_iter().map(Ok)).collect());
+                self.answer(
+                    started,
+                    batch.into_iter().zip(per_job.into_iter().map(Ok)).collect(),
+                );
             }
             // One bad request must not fail its neighbours: run each alone to find it.
             Err(error) => {
@@ -310,13 +325,15 @@ impl Worker {
         }
     }
 
-    /// Sends each request its result, recording how long it waited.
-    fn answer(&self, results: Vec<(Job, JobResult)>) {
+    /// Sends each request of a batch that began at `started` its result, recording how long it
+    /// waited.
+    fn answer(&self, started: Instant, results: Vec<(Job, JobResult)>) {
         let now = Instant::now();
         let batch_rows: usize = results.iter().map(|(job, _)| job.rows()).sum();
         for (job, outcome) in results {
             let waited = now.saturating_duration_since(job.queued);
-            self.stats.answered(waited, outcome.is_ok());
+            let queued = started.saturating_duration_since(job.queued);
+            self.stats.answered(queued, waited, outcome.is_ok());
             job.span.in_scope(|| {
                 tracing::debug!(
                     batch_rows,

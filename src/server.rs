@@ -18,8 +18,10 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::grpc::inference::InferenceService;
 use crate::grpc::prediction::PredictionService;
 use crate::middleware::{DeadlineLayer, Limited};
+use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::predictd::v1::prediction_service_server::PredictionServiceServer;
 use crate::registry::{Registry, start_schedulers};
 use crate::repository::{self, Catalog, RepositoryError};
@@ -32,6 +34,8 @@ pub struct ServeConfig {
     pub models: PathBuf,
     /// Workers, queue depth and batching for models whose config.toml does not say.
     pub scheduler: SchedulerConfig,
+    /// Batch sizes with a plan of their own, for models whose config.toml does not say.
+    pub preferred_batch_sizes: Vec<usize>,
     /// The largest message decoded or encoded, in bytes.
     pub max_message_bytes: usize,
     /// The longest a request may take, unless the client's `grpc-timeout` is shorter.
@@ -70,6 +74,7 @@ impl ServeConfig {
                 max_batch_size: 64,
                 max_queue_delay: Duration::ZERO,
             },
+            preferred_batch_sizes: repository::DEFAULT_PREFERRED_BATCH_SIZES.to_vec(),
             max_message_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             max_concurrent_requests: 1024,
@@ -98,8 +103,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// The health service name of the prediction service, as tonic routes it.
+/// The health service names of the inference services, as tonic routes them.
 const PREDICTION: &str = <PredictionServiceServer<PredictionService> as NamedService>::NAME;
+const INFERENCE: &str = <GrpcInferenceServiceServer<InferenceService> as NamedService>::NAME;
 
 /// Serves gRPC on `listener` until `shutdown` completes, then drains. Models load in the
 /// background: until they have, health reports NOT_SERVING and predictions answer UNAVAILABLE.
@@ -154,11 +160,12 @@ impl App {
         } = self;
 
         let (reporter, health) = tonic_health::server::health_reporter();
-        set_health(&reporter, ServingStatus::NotServing).await;
+        set_health(&registry, &reporter, ServingStatus::NotServing).await;
         tokio::spawn(load_models(
             found,
             Arc::clone(&registry),
             config.scheduler,
+            config.preferred_batch_sizes.clone(),
             reporter.clone(),
         ));
 
@@ -169,18 +176,27 @@ impl App {
         };
         // One pool of permits for every inference request and stream message.
         let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
-        let prediction =
-            PredictionServiceServer::new(PredictionService::new(registry, Arc::clone(&permits)))
-                .max_decoding_message_size(config.max_message_bytes)
-                .max_encoding_message_size(config.max_message_bytes);
+        let prediction = PredictionServiceServer::new(PredictionService::new(
+            Arc::clone(&registry),
+            Arc::clone(&permits),
+        ))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+        let inference = GrpcInferenceServiceServer::new(InferenceService::new(
+            Arc::clone(&registry),
+            Arc::clone(&permits),
+        ))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
 
         let draining = Arc::new(Notify::new());
         let drain = {
             let draining = Arc::clone(&draining);
+            let registry = Arc::clone(&registry);
             async move {
                 shutdown.await;
                 // Load balancers and Kubernetes probes see NOT_SERVING before connections close.
-                set_health(&reporter, ServingStatus::NotServing).await;
+                set_health(&registry, &reporter, ServingStatus::NotServing).await;
                 tracing::info!("shutting down: no new calls; finishing the ones in flight");
                 draining.notify_one();
             }
@@ -222,6 +238,11 @@ impl App {
                 &permits,
                 &["Predict", "PredictStream"],
             ))
+            .add_service(Limited::new(
+                inference,
+                &permits,
+                &["ModelInfer", "ModelStreamInfer"],
+            ))
             // tonic applies TCP_NODELAY only to sockets it accepts itself, not to a listener
             // handed in; without it, small replies wait out the client's delayed ACK (~40 ms).
             .serve_with_incoming_shutdown(
@@ -255,17 +276,18 @@ async fn load_models(
     found: Catalog<PathBuf>,
     registry: Arc<Registry>,
     defaults: SchedulerConfig,
+    preferred_batch_sizes: Vec<usize>,
     reporter: HealthReporter,
 ) {
     let loaded = tokio::task::spawn_blocking(move || {
-        let models = repository::load(&found);
+        let models = repository::load(&found, &preferred_batch_sizes);
         start_schedulers(&models, defaults)
     })
     .await;
     match loaded {
         Ok(catalog) => {
             registry.publish(catalog);
-            set_health(&reporter, ServingStatus::Serving).await;
+            set_health(&registry, &reporter, ServingStatus::Serving).await;
             tracing::info!("models loaded; serving");
         }
         Err(e) => {
@@ -274,7 +296,10 @@ async fn load_models(
     }
 }
 
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+/// Tells gRPC health and every protocol's readiness probe whether we take traffic.
+async fn set_health(registry: &Registry, reporter: &HealthReporter, status: ServingStatus) {
+    registry.set_serving(status == ServingStatus::Serving);
     reporter.set_service_status("", status).await;
     reporter.set_service_status(PREDICTION, status).await;
+    reporter.set_service_status(INFERENCE, status).await;
 }

@@ -16,6 +16,8 @@ pub struct ModelStats {
     batched_requests: AtomicU64,
     queue_ns: AtomicU64,
     compute_ns: AtomicU64,
+    total_ns: AtomicU64,
+    last_answer_ms: AtomicU64,
     expired: AtomicU64,
     cancelled: AtomicU64,
     rejected: AtomicU64,
@@ -37,10 +39,14 @@ pub struct StatsSnapshot {
     pub batches: u64,
     /// Requests run as part of those batches (equals succeeded + failed).
     pub batched_requests: u64,
-    /// Total time requests waited in the queue.
+    /// Total time requests waited in the queue, until their batch began.
     pub queue_ns: u64,
     /// Total model time, attributed to every request of a batch.
     pub compute_ns: u64,
+    /// Total time from queueing to answer, over every answered request.
+    pub total_ns: u64,
+    /// When the last request was answered, in milliseconds since the Unix epoch (0: never).
+    pub last_answer_ms: u64,
     /// Requests dropped before running because their deadline had passed.
     pub expired: u64,
     /// Requests dropped before running because their caller had gone away.
@@ -71,9 +77,15 @@ impl ModelStats {
             .fetch_add(nanos(compute).saturating_mul(requests as u64), Relaxed);
     }
 
-    /// One request left the queue after waiting `waited`, and ran with `ok` as its outcome.
-    pub fn answered(&self, waited: Duration, ok: bool) {
-        self.queue_ns.fetch_add(nanos(waited), Relaxed);
+    /// One request ran with `ok` as its outcome, after waiting `queued` for its batch to begin
+    /// and `total` from queueing to answer.
+    pub fn answered(&self, queued: Duration, total: Duration, ok: bool) {
+        self.queue_ns.fetch_add(nanos(queued), Relaxed);
+        self.total_ns.fetch_add(nanos(total), Relaxed);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.last_answer_ms.store(now_ms, Relaxed);
         if ok {
             self.succeeded.fetch_add(1, Relaxed);
         } else {
@@ -107,6 +119,8 @@ impl ModelStats {
             batched_requests: self.batched_requests.load(Relaxed),
             queue_ns: self.queue_ns.load(Relaxed),
             compute_ns: self.compute_ns.load(Relaxed),
+            total_ns: self.total_ns.load(Relaxed),
+            last_answer_ms: self.last_answer_ms.load(Relaxed),
             expired: self.expired.load(Relaxed),
             cancelled: self.cancelled.load(Relaxed),
             rejected: self.rejected.load(Relaxed),

@@ -6,6 +6,7 @@ mod common;
 
 use common::{TestServer, assert_matches, bundled_models, raw, references, request, typed, values};
 use predictd::proto::predictd::v1 as pb;
+use predictd::server::ServeConfig;
 use tokio_stream::StreamExt;
 
 #[tokio::test]
@@ -49,6 +50,36 @@ async fn every_bundled_model_matches_onnxruntime_typed_and_raw() {
                     expected,
                 );
             }
+        }
+    }
+}
+
+/// Requests of exactly a preferred batch size run the plan optimised for that size (the other
+/// tests run the general plan for the 8-row references, the size-1 plan for single rows).
+#[tokio::test]
+async fn plans_fixed_to_the_reference_batch_size_match_onnxruntime() {
+    let mut config = ServeConfig::new(bundled_models());
+    config.preferred_batch_sizes = vec![8];
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client();
+    for reference in references(&bundled_models()) {
+        let rows = reference.inputs.values().next().unwrap().shape[0];
+        assert_eq!(rows, 8, "{}: the reference holds 8 rows", reference.model);
+        let catalog = server.registry.snapshot();
+        let (_, scheduler) = catalog.resolve(&reference.model, "").unwrap();
+        let sizes: Vec<usize> = scheduler.model().fixed_batch_sizes().collect();
+        assert_eq!(sizes, [8], "{}: the plan for 8 rows", reference.model);
+        let reply = client
+            .predict(request(&reference, raw))
+            .await
+            .unwrap_or_else(|s| panic!("{}: {s}", reference.model))
+            .into_inner();
+        for (name, expected) in &reference.outputs {
+            assert_matches(
+                &format!("{} {name} (fixed plan)", reference.model),
+                &reply.outputs[name],
+                expected,
+            );
         }
     }
 }

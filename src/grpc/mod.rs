@@ -2,5 +2,8 @@
 //! errors to `tonic::Status`.
 
 pub mod convert;
+pub mod inference;
 pub mod prediction;
 pub mod status;
+pub mod stream;
+pub mod trace;

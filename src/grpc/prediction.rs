@@ -1,26 +1,19 @@
 //! `predictd.v1.PredictionService`: thin handlers that decode, call [`crate::infer`], encode.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures_util::{Stream, StreamExt, stream};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{Instrument, field};
 
 use super::convert::{is_raw, spec_to_wire, tensor_from_wire, tensor_to_wire};
 use super::status::{status, to_rpc};
+use super::stream::{ReplyStream, answer_in_order, deadlines};
+use super::trace::{inference_span, traced};
 use crate::infer::{InferError, infer};
-use crate::middleware::{Deadlines, deadline_exceeded, overloaded};
 use crate::proto::predictd::v1 as pb;
 use crate::registry::Registry;
 use crate::repository::Slot;
-
-/// How many messages of one stream may be in flight at once. Replies still leave in request
-/// order; the window lets a stream keep the model's workers busy instead of waiting on each
-/// round trip.
-const STREAM_WINDOW: usize = 64;
 
 /// The PredictionService implementation.
 #[derive(Debug, Clone)]
@@ -38,44 +31,14 @@ impl PredictionService {
     }
 }
 
-/// The deadlines the deadline layer attached to a call (none when called without the stack).
-fn deadlines<T>(request: &Request<T>) -> Deadlines {
-    request
-        .extensions()
-        .get::<Deadlines>()
-        .copied()
-        .unwrap_or(Deadlines {
-            client: None,
-            request_timeout: Duration::MAX,
-        })
-}
-
 /// Runs one request end to end, in its own span.
 async fn predict(
     registry: &Registry,
     request: pb::PredictRequest,
     deadline: Option<Instant>,
 ) -> Result<pb::PredictResponse, Status> {
-    let span = tracing::info_span!(
-        "predict",
-        model = %request.model,
-        version = field::Empty,
-        rows = field::Empty,
-        latency_us = field::Empty,
-    );
-    async move {
-        let started = Instant::now();
-        let result = run(registry, request, deadline).await;
-        let span = tracing::Span::current();
-        span.record("latency_us", started.elapsed().as_micros() as u64);
-        match &result {
-            Ok(_) => tracing::debug!("predicted"),
-            Err(e) => tracing::debug!(code = ?e.code(), "failed"),
-        }
-        result
-    }
-    .instrument(span)
-    .await
+    let span = inference_span(&request.model);
+    traced(span, run(registry, request, deadline)).await
 }
 
 async fn run(
@@ -118,8 +81,6 @@ async fn run(
     })
 }
 
-type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::PredictStreamResponse, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl pb::prediction_service_server::PredictionService for PredictionService {
     async fn predict(
@@ -132,57 +93,37 @@ impl pb::prediction_service_server::PredictionService for PredictionService {
             .map(Response::new)
     }
 
-    type PredictStreamStream = ReplyStream;
+    type PredictStreamStream = ReplyStream<pb::PredictStreamResponse>;
 
     async fn predict_stream(
         &self,
         request: Request<Streaming<pb::PredictRequest>>,
     ) -> Result<Response<Self::PredictStreamStream>, Status> {
-        let deadlines = deadlines(&request);
         let registry = Arc::clone(&self.registry);
-        let permits = Arc::clone(&self.permits);
-        let replies = request
-            .into_inner()
-            .map(move |message| {
-                let registry = Arc::clone(&registry);
-                let permits = Arc::clone(&permits);
-                async move {
-                    // A message that cannot be read ends the stream: the transport is broken.
-                    let request = message?;
-                    let id = request.id.clone();
-                    // Each message answers by the stream's deadline or --request-timeout.
-                    let deadline = deadlines.for_work_starting(Instant::now());
-                    let result = match permits.try_acquire_owned() {
-                        Ok(_permit) => predict(&registry, request, Some(deadline)).await,
-                        Err(_) => Err(overloaded()),
-                    };
-                    let result = match result {
-                        Ok(response) => pb::predict_stream_response::Result::Response(response),
-                        Err(status) => pb::predict_stream_response::Result::Error(to_rpc(&status)),
-                    };
-                    Ok(pb::PredictStreamResponse {
-                        id,
-                        result: Some(result),
-                    })
+        let answer = move |request: pb::PredictRequest, deadline| {
+            let registry = Arc::clone(&registry);
+            async move {
+                let id = request.id.clone();
+                let result = match predict(&registry, request, Some(deadline)).await {
+                    Ok(response) => pb::predict_stream_response::Result::Response(response),
+                    Err(status) => pb::predict_stream_response::Result::Error(to_rpc(&status)),
+                };
+                pb::PredictStreamResponse {
+                    id,
+                    result: Some(result),
                 }
-            })
-            .buffered(STREAM_WINDOW);
-        // The stream itself ends at the client's deadline, with DEADLINE_EXCEEDED.
-        let replies: ReplyStream = match deadlines.client {
-            None => Box::pin(replies),
-            Some(at) => Box::pin(
-                replies
-                    .take_until(tokio::time::sleep_until(at.into()))
-                    .chain(
-                        stream::once(async move { Instant::now() >= at }).filter_map(
-                            move |expired| async move {
-                                expired.then(|| Err(deadline_exceeded(&deadlines)))
-                            },
-                        ),
-                    ),
-            ),
+            }
         };
-        Ok(Response::new(replies))
+        let refuse = |request: pb::PredictRequest, status: Status| pb::PredictStreamResponse {
+            id: request.id,
+            result: Some(pb::predict_stream_response::Result::Error(to_rpc(&status))),
+        };
+        Ok(Response::new(answer_in_order(
+            request,
+            Arc::clone(&self.permits),
+            answer,
+            refuse,
+        )))
     }
 
     async fn list_models(

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# gRPC interop suite: calls predictd with grpcurl the way a new user would.
+# Interop suite: calls predictd with grpcurl and the Triton clients the way a new user would.
 #
 # Installs tests/interop/requirements.txt (grpcurl, onnx, onnxruntime, ...) into a venv at
 # ${PREDICTD_INTEROP_VENV:-target/interop-venv}, builds predictd (dev profile), then serves
@@ -7,7 +7,8 @@
 #      GetModelMetadata, the README's Predict example, every model against its reference.json,
 #      and errors;
 #   2. a fresh repository of never-seen models written by unseen_models.py, checked against
-#      onnxruntime's outputs.
+#      onnxruntime's outputs;
+# and on both, the KServe v2 / Triton protocol with tritonclient (triton_check.py).
 # Prints "ok - ..." / "not ok - ...: ..." per check and ends with "N passed, M failed".
 set -euo pipefail
 
@@ -128,6 +129,21 @@ serve() { # MODELS LOG NAME: starts predictd on a free port in the background, s
     return 1
 }
 
+tally() { # WHAT CMD...: runs a checker printing "ok - ..."/"not ok - ..." lines; counts them
+    local what=$1 out rc=0 line
+    shift
+    out=$("$@" 2>&1) || rc=$?
+    while IFS= read -r line; do
+        case $line in
+        "ok - "*) echo "$line" && PASSED=$((PASSED + 1)) ;;
+        "not ok - "*) echo "$line" && FAILED=$((FAILED + 1)) ;;
+        esac
+    done <<<"$out"
+    if [ "$rc" -ne 0 ] && ! grep -q "^not ok - " <<<"$out"; then
+        not_ok "$what" "exit code $rc: $(tail -n 5 <<<"$out")"
+    fi
+}
+
 health_is_serving() { # ADDR SERVICE
     local out
     out=$(gc -d "{\"service\": \"$2\"}" "$1" grpc.health.v1.Health/Check) || true
@@ -235,6 +251,11 @@ bundled() {
     grpc_error "missing input is InvalidArgument naming 'X'" "$ADDR1" 67 \
         '{"model": "wine_forest", "inputs": {}}' "Code: InvalidArgument" "'X'" "wine_forest"
     health_is_serving "$ADDR1" "$SERVICE"
+
+    # KServe v2 / Triton: the unmodified tritonclient, every bundled model.
+    health_is_serving "$ADDR1" inference.GRPCInferenceService
+    tally "tritonclient grpc on the bundled models" \
+        "$PY" tests/interop/triton_check.py grpc "$ADDR1" models/*/reference.json
 }
 
 # ---------------------------------------------------------------- never-seen models
@@ -262,6 +283,8 @@ unseen() {
     for ref in "$repo"/*/reference.json; do
         predict_matches "$ADDR2" "$ref" # iris_tree's reference says version "3": latest
     done
+    tally "tritonclient grpc on the never-seen models" \
+        "$PY" tests/interop/triton_check.py grpc "$ADDR2" "$repo"/*/reference.json
 }
 
 bundled
