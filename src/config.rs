@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::scheduler::SchedulerConfig;
 use crate::server::{Http2Config, ServeConfig};
 
-/// predictd: serve ONNX models over gRPC.
+/// predictd: serve ONNX models over gRPC and REST.
 #[derive(Debug, Parser)]
 #[command(name = "predictd", version, about, long_about = None)]
 pub struct Cli {
@@ -25,8 +25,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve every model of a model repository over gRPC.
-    Serve(ServeArgs),
+    /// Serve every model of a model repository over gRPC and REST.
+    Serve(Box<ServeArgs>),
     /// Load one ONNX file and print its inputs and outputs, as the server would serve them.
     Inspect {
         /// The model file.
@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// Address of the gRPC server.
     #[arg(long, default_value = "0.0.0.0:8001", env = "PREDICTD_GRPC_ADDR")]
     pub grpc_addr: SocketAddr,
+    /// Address of the REST (KServe v2 HTTP/JSON) server.
+    #[arg(long, default_value = "0.0.0.0:8000", env = "PREDICTD_HTTP_ADDR")]
+    pub http_addr: SocketAddr,
     /// Worker threads per model, unless its config.toml says otherwise [default: one per core].
     #[arg(long, env = "PREDICTD_WORKERS")]
     pub workers: Option<usize>,

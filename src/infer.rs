@@ -115,6 +115,19 @@ impl From<LookupError> for InferError {
     }
 }
 
+/// The span every inference request runs in, whichever protocol brought it, so log lines look
+/// the same for all of them; the version, row count and latency are recorded as they become
+/// known.
+pub fn inference_span(model: &str) -> tracing::Span {
+    tracing::info_span!(
+        "predict",
+        model = %model,
+        version = tracing::field::Empty,
+        rows = tracing::field::Empty,
+        latency_us = tracing::field::Empty,
+    )
+}
+
 /// Validates `inputs` against the scheduler's model, runs it if it can start before
 /// `deadline`, and returns the outputs named in `wanted` (all when empty), in the order asked
 /// for. Dropping the future withdraws the request: if it has not started, it never runs.

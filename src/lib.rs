@@ -15,6 +15,7 @@ pub mod model;
 pub mod proto;
 pub mod registry;
 pub mod repository;
+pub mod rest;
 pub mod scheduler;
 pub mod server;
 pub mod signature;

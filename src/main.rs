@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Inspect { path } => inspect(&path),
     };
     match result {
@@ -46,12 +46,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.grpc_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
-        let addr = listener.local_addr().unwrap_or(args.grpc_addr);
-        tracing::info!(%addr, models = %config.models.display(), "predictd listening");
-        predictd::server::serve(listener, config, shutdown_signal()).await?;
+        let bind = |addr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))
+        };
+        let grpc = bind(args.grpc_addr).await?;
+        let http = bind(args.http_addr).await?;
+        tracing::info!(
+            grpc = %grpc.local_addr().unwrap_or(args.grpc_addr),
+            http = %http.local_addr().unwrap_or(args.http_addr),
+            models = %config.models.display(),
+            "predictd listening"
+        );
+        predictd::server::App::new(config)?
+            .with_http(http)
+            .serve(grpc, shutdown_signal())
+            .await?;
         tracing::info!("stopped");
         Ok(())
     })

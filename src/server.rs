@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Semaphore, watch};
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -25,6 +26,7 @@ use crate::proto::inference::grpc_inference_service_server::GrpcInferenceService
 use crate::proto::predictd::v1::prediction_service_server::PredictionServiceServer;
 use crate::registry::{Registry, start_schedulers};
 use crate::repository::{self, Catalog, RepositoryError};
+use crate::rest;
 use crate::scheduler::SchedulerConfig;
 
 /// Everything `serve` needs to know, validated.
@@ -101,6 +103,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The REST server failed.
+    #[error("the REST server failed: {0}")]
+    Http(std::io::Error),
 }
 
 /// The health service names of the inference services, as tonic routes them.
@@ -128,6 +133,8 @@ pub struct App {
     config: ServeConfig,
     found: Catalog<PathBuf>,
     registry: Arc<Registry>,
+    /// Where the REST front end listens, if it is served.
+    http: Option<TcpListener>,
 }
 
 impl App {
@@ -139,7 +146,14 @@ impl App {
             config,
             found,
             registry,
+            http: None,
         })
+    }
+
+    /// Also serves the KServe v2 REST protocol on `listener`.
+    pub fn with_http(mut self, listener: TcpListener) -> App {
+        self.http = Some(listener);
+        self
     }
 
     /// What is served now.
@@ -147,7 +161,8 @@ impl App {
         Arc::clone(&self.registry)
     }
 
-    /// Loads the models in the background and serves until `shutdown`, then drains.
+    /// Loads the models in the background and serves gRPC on `listener` (and REST, if asked)
+    /// until `shutdown`, then drains.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -157,6 +172,7 @@ impl App {
             config,
             found,
             registry,
+            http,
         } = self;
 
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -189,18 +205,34 @@ impl App {
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
 
-        let draining = Arc::new(Notify::new());
+        let (draining, drained) = watch::channel(false);
         let drain = {
-            let draining = Arc::clone(&draining);
             let registry = Arc::clone(&registry);
             async move {
                 shutdown.await;
                 // Load balancers and Kubernetes probes see NOT_SERVING before connections close.
                 set_health(&registry, &reporter, ServingStatus::NotServing).await;
                 tracing::info!("shutting down: no new calls; finishing the ones in flight");
-                draining.notify_one();
+                let _ = draining.send(true);
             }
         };
+        let draining_begins = move || {
+            let mut drained = drained.clone();
+            async move {
+                let _ = drained.wait_for(|&draining| draining).await;
+            }
+        };
+        let rest = serve_rest(
+            http,
+            rest::router(
+                Arc::clone(&registry),
+                Arc::clone(&permits),
+                config.request_timeout,
+                config.max_message_bytes,
+            ),
+            config.http2.tcp_nodelay,
+            draining_begins(),
+        );
 
         let http2 = config.http2;
         let server = Server::builder()
@@ -251,14 +283,51 @@ impl App {
             );
 
         let grace = config.shutdown_grace;
+        let grace_expired = draining_begins();
         tokio::select! {
-            result = server => result?,
-            () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
+            result = async { tokio::try_join!(
+                async { server.await.map_err(ServeError::from) },
+                async { rest.await.map_err(ServeError::Http) },
+            ) } => { result?; }
+            () = async { grace_expired.await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "shutdown grace expired; calls still in flight are dropped");
             }
         }
         Ok(())
     }
+}
+
+/// Serves the REST front end on `listener` (if any) through the same request-id and trace
+/// layers as gRPC, until `drain` completes; then finishes the requests in flight.
+async fn serve_rest(
+    listener: Option<TcpListener>,
+    router: axum::Router,
+    nodelay: bool,
+    drain: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    let router = router.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(call_span)
+                    .on_request(())
+                    .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+            ),
+    );
+    let listener = listener.tap_io(move |tcp| {
+        if let Err(e) = tcp.set_nodelay(nodelay) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(drain)
+        .await
 }
 
 /// The span of one call, named by its request id.

@@ -45,6 +45,8 @@ async fn sigterm_drains_calls_in_flight_and_exits_zero() {
             "serve",
             "--grpc-addr",
             "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
             "--workers",
             "1",
             "--log-format",
@@ -67,7 +69,7 @@ async fn sigterm_drains_calls_in_flight_and_exits_zero() {
     let mut seen = Vec::new();
     let listening = line_with(&lines, &mut seen, "predictd listening");
     let log: serde_json::Value = serde_json::from_str(&listening).unwrap();
-    let addr = log["addr"].as_str().unwrap().to_string();
+    let addr = log["grpc"].as_str().unwrap().to_string();
     line_with(&lines, &mut seen, "models loaded; serving");
 
     let channel = Channel::from_shared(format!("http://{addr}"))

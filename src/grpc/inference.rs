@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::status::status;
 use super::stream::{ReplyStream, answer_in_order, deadlines};
-use super::trace::{inference_span, traced};
-use crate::infer::{InferError, infer};
+use super::trace::traced;
+use crate::infer::{InferError, infer, inference_span};
 use crate::kserve::convert::{
     datatype_name, dtype_from_name, tensor_from_contents, tensor_from_raw, tensor_shape,
     tensor_to_raw,

@@ -1,23 +1,11 @@
-//! The span every inference request runs in, whichever protocol brought it, so log lines and
-//! traces look the same for all of them.
+//! Runs a gRPC inference request in its span ([`crate::infer::inference_span`]), recording
+//! its latency and status code.
 
 use std::future::Future;
 use std::time::Instant;
 
 use tonic::Status;
-use tracing::{Instrument, Span, field};
-
-/// A span for one inference request on `model`; the version, row count and latency are
-/// recorded as they become known.
-pub fn inference_span(model: &str) -> Span {
-    tracing::info_span!(
-        "predict",
-        model = %model,
-        version = field::Empty,
-        rows = field::Empty,
-        latency_us = field::Empty,
-    )
-}
+use tracing::{Instrument, Span};
 
 /// Runs `request` in `span`, recording its latency and outcome.
 pub async fn traced<T>(

@@ -2,4 +2,5 @@
 //! conversions and what the protocol reports about the server and its models.
 
 pub mod convert;
+pub mod json;
 pub mod model_info;

@@ -94,31 +94,57 @@ def compare(reference, reply, request_id="interop"):
         compare_tensor(name, outputs[name], want)
 
 
-def readme_example(readme):
-    """Print the shell command between the README's interop:predict-example markers, unfenced."""
+def example(readme, name):
+    """The code between the README's interop:NAME:start/end markers, unfenced."""
     text = open(readme).read()
-    match = re.search(
-        r"<!-- interop:predict-example:start -->\n(.*?)<!-- interop:predict-example:end -->",
-        text, re.S)
+    match = re.search(rf"<!-- interop:{name}:start -->\n(.*?)<!-- interop:{name}:end -->", text, re.S)
     if not match:
-        raise Failed("README has no interop:predict-example markers")
+        raise Failed(f"README has no interop:{name} markers")
     lines = match.group(1).strip().splitlines()
     if not (lines and lines[0].startswith("```") and lines[-1].strip() == "```"):
-        raise Failed("the README example is not one ``` fenced block")
-    print("\n".join(lines[1:-1]))
+        raise Failed(f"the README's {name} is not one ``` fenced block")
+    return "\n".join(lines[1:-1])
+
+
+def readme_example(readme, name="predict-example"):
+    """Print the shell command between the README's interop:NAME markers, unfenced."""
+    print(example(readme, name))
+
+
+def check_row0(reference, label, probabilities):
+    """LABEL and PROBABILITIES (flat lists) are REFERENCE.json's row 0 (wine_forest)."""
+    ref = load(reference)["outputs"]
+    if [int(v) for v in label] != ref["label"]["data"][:1]:
+        raise Failed(f"label {label}, want {ref['label']['data'][:1]}")
+    classes = ref["probabilities"]["shape"][1]
+    want = ref["probabilities"]["data"][:classes]
+    got = [float(v) for v in probabilities]
+    if len(got) != classes or any(abs(g - w) > 1e-5 for g, w in zip(got, want)):
+        raise Failed(f"probabilities {got}, want {want} (within 1e-5)")
+
+
+def readme_rest_reply(reference, reply):
+    """Check the README's curl example reply (KServe v2 JSON): REFERENCE.json's row 0."""
+    outputs = {o["name"]: o for o in load(reply).get("outputs", [])}
+    check_row0(reference, outputs.get("label", {}).get("data", []),
+               outputs.get("probabilities", {}).get("data", []))
+
+
+def readme_python(readme, grpc_addr, reference):
+    """Run the README's tritonclient example against GRPC_ADDR; its `result` is row 0."""
+    code = example(readme, "tritonclient-example").replace("localhost:8001", grpc_addr)
+    namespace = {}
+    exec(compile(code, "README tritonclient-example", "exec"), namespace)
+    result = namespace["result"]
+    check_row0(reference, result.as_numpy("label").ravel().tolist(),
+               result.as_numpy("probabilities").ravel().tolist())
 
 
 def readme_reply(reference, reply):
     """Check the README example's reply: label and probabilities of REFERENCE.json's row 0."""
-    ref, outputs = load(reference)["outputs"], load(reply).get("outputs", {})
-    label = [int(v) for v in outputs.get("label", {}).get("int64Values", [])]
-    if label != ref["label"]["data"][:1]:
-        raise Failed(f"label {label}, want {ref['label']['data'][:1]}")
-    classes = ref["probabilities"]["shape"][1]
-    want = ref["probabilities"]["data"][:classes]
-    got = [float(v) for v in outputs.get("probabilities", {}).get("floatValues", [])]
-    if len(got) != classes or any(abs(g - w) > 1e-5 for g, w in zip(got, want)):
-        raise Failed(f"probabilities {got}, want {want} (within 1e-5)")
+    outputs = load(reply).get("outputs", {})
+    check_row0(reference, outputs.get("label", {}).get("int64Values", []),
+               outputs.get("probabilities", {}).get("floatValues", []))
 
 
 def list_models(reply, *specs):
@@ -195,6 +221,7 @@ COMMANDS = {
     "ports": ports, "request": request, "compare": compare, "readme-example": readme_example,
     "readme-reply": readme_reply, "list-models": list_models, "metadata": metadata,
     "describe": describe, "v1-descriptor": v1_descriptor,
+    "readme-rest-reply": readme_rest_reply, "readme-python": readme_python,
 }
 
 if __name__ == "__main__":

@@ -101,15 +101,17 @@ gc() { # [FLAGS] ADDR [list|describe] [SYMBOL]: grpcurl in plaintext, time-bound
     grpcurl -plaintext -max-time 30 "$@" 2>&1
 }
 
-serve() { # MODELS LOG NAME: starts predictd on a free port in the background, sets ADDR, and polls
+serve() { # MODELS LOG NAME: starts predictd on free ports in the background, sets ADDR (gRPC) and
+    # HTTP (REST), and polls
     # Health/Check (at most ~60 s) until "" is SERVING; returns 1 (after a not ok) if it never is
-    local models=$1 log=$2 name=$3 port pid deadline=$((SECONDS + 60)) polls=0 out=""
-    if ! port=$("$PY" tests/interop/check.py ports 1 2>&1); then
-        not_ok "pick a free port" "$port"
+    local models=$1 log=$2 name=$3 ports pid deadline=$((SECONDS + 60)) polls=0 out=""
+    if ! ports=$("$PY" tests/interop/check.py ports 2 2>&1); then
+        not_ok "pick free ports" "$ports"
         return 1
     fi
-    ADDR=127.0.0.1:$port
-    "$BIN" serve --models "$models" --grpc-addr "$ADDR" >"$log" 2>&1 &
+    ADDR=127.0.0.1:${ports% *}
+    HTTP=127.0.0.1:${ports#* }
+    "$BIN" serve --models "$models" --grpc-addr "$ADDR" --http-addr "$HTTP" >"$log" 2>&1 &
     pid=$!
     SERVER_PIDS+=("$pid")
     while [ "$SECONDS" -lt "$deadline" ]; do
@@ -183,7 +185,7 @@ grpc_error() { # WHAT ADDR WANT_EXIT REQUEST PATTERN...: the call fails with tha
 
 bundled() {
     serve models "$TMP/server-bundled.log" "the bundled models" || return 0
-    local ADDR1=$ADDR
+    local ADDR1=$ADDR HTTP1=$HTTP
     health_is_serving "$ADDR1" ""
     health_is_serving "$ADDR1" "$SERVICE"
 
@@ -252,10 +254,37 @@ bundled() {
         '{"model": "wine_forest", "inputs": {}}' "Code: InvalidArgument" "'X'" "wine_forest"
     health_is_serving "$ADDR1" "$SERVICE"
 
-    # KServe v2 / Triton: the unmodified tritonclient, every bundled model.
+    # KServe v2 / Triton: the unmodified tritonclient, every bundled model, both protocols.
     health_is_serving "$ADDR1" inference.GRPCInferenceService
     tally "tritonclient grpc on the bundled models" \
         "$PY" tests/interop/triton_check.py grpc "$ADDR1" models/*/reference.json
+    tally "tritonclient http on the bundled models" \
+        "$PY" tests/interop/triton_check.py http "$HTTP1" models/*/reference.json
+    check "README tritonclient example returns wine_forest's reference row 0" \
+        "$PY" tests/interop/check.py readme-python README.md "$ADDR1" models/wine_forest/reference.json
+
+    # REST with curl, as the README shows it.
+    check "curl GET /v2/health/ready is 200" curl -sSf "http://$HTTP1/v2/health/ready"
+    check "curl GET /v2/models/wine_forest/ready is 200" curl -sSf "http://$HTTP1/v2/models/wine_forest/ready"
+    local code
+    code=$(curl -s -o "$TMP/rest-404.json" -w '%{http_code}' "http://$HTTP1/v2/models/no_such_model") || true
+    if [ "$code" = 404 ] && grep -qF '"error"' "$TMP/rest-404.json"; then
+        ok "curl unknown model is 404 with an error message"
+    else
+        not_ok "curl unknown model is 404 with an error message" "HTTP $code: $(cat "$TMP/rest-404.json")"
+    fi
+    if example=$("$PY" tests/interop/check.py readme-example README.md curl-example 2>&1) &&
+        grep -qF localhost:8000 <<<"$example"; then
+        example=${example//localhost:8000/$HTTP1}
+        if bash -c "$example" >"$TMP/readme-rest.json" 2>&1; then
+            check "README curl example returns wine_forest's reference row 0" \
+                "$PY" tests/interop/check.py readme-rest-reply models/wine_forest/reference.json "$TMP/readme-rest.json"
+        else
+            not_ok "README curl example runs" "$(cat "$TMP/readme-rest.json")"
+        fi
+    else
+        not_ok "README curl example found (targeting localhost:8000)" "$example"
+    fi
 }
 
 # ---------------------------------------------------------------- never-seen models
@@ -272,7 +301,7 @@ unseen() {
     done
 
     serve "$repo" "$TMP/server-unseen.log" "the never-seen models" || return 0
-    local ADDR2=$ADDR
+    local ADDR2=$ADDR HTTP2=$HTTP
     gc "$ADDR2" "$SERVICE/ListModels" >"$TMP/unseen-list.json" || true
     check "ListModels: iris_tree versions 3 and 1, pair_dot and tiny_cnn READY" \
         "$PY" tests/interop/check.py list-models "$TMP/unseen-list.json" iris_tree=3,1 pair_dot=1 tiny_cnn=1
@@ -285,6 +314,8 @@ unseen() {
     done
     tally "tritonclient grpc on the never-seen models" \
         "$PY" tests/interop/triton_check.py grpc "$ADDR2" "$repo"/*/reference.json
+    tally "tritonclient http on the never-seen models" \
+        "$PY" tests/interop/triton_check.py http "$HTTP2" "$repo"/*/reference.json
 }
 
 bundled

@@ -1,13 +1,14 @@
-"""Checks predictd with the unmodified Triton clients (tritonclient grpc), as a KServe v2 /
+"""Checks predictd with the unmodified Triton clients (tritonclient grpc and http), as a KServe v2 /
 Triton user would call it, against the onnxruntime outputs stored in each reference.json.
 
-Usage: python triton_check.py grpc ADDR REFERENCE.json...
+Usage: python triton_check.py grpc|http ADDR REFERENCE.json...
 
 Prints "ok - ..." or "not ok - ...: why" per check; exits 1 if any check failed.
 """
 
 import json
 import queue
+import urllib.error
 import sys
 import traceback
 
@@ -237,6 +238,124 @@ def grpc_suite(addr, references):
     check("grpc: server still ready after the errors", lambda: _true(client.is_server_ready()))
 
 
+# ------------------------------------------------------------------------------------ HTTP
+
+def http_inputs(ref, rows=None, binary=True):
+    import tritonclient.http as httpclient
+
+    inputs = []
+    for name, array in ref["input_arrays"].items():
+        if rows is not None:
+            array = array[rows]
+        t = httpclient.InferInput(name, list(array.shape), ref["inputs"][name]["dtype"])
+        t.set_data_from_numpy(array, binary_data=binary)
+        inputs.append(t)
+    return inputs
+
+
+def http_suite(addr, references):
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(addr)
+    check("http: server live", lambda: _true(client.is_server_live()))
+    check("http: server ready", lambda: _true(client.is_server_ready()))
+
+    def server_metadata():
+        meta = client.get_server_metadata()
+        assert meta["name"] == "predictd", meta
+        assert "binary_tensor_data" in meta["extensions"], meta
+    check("http: server metadata names predictd and binary_tensor_data", server_metadata)
+
+    def index():
+        names = {m["name"] for m in client.get_model_repository_index() if m["state"] == "READY"}
+        missing = {r["model"] for r in references} - names
+        assert not missing, f"not READY in the index: {missing}"
+    check("http: repository index lists every model READY", index)
+
+    for ref in references:
+        model = ref["model"]
+        check(f"http: {model} ready", lambda: _true(client.is_model_ready(model)))
+
+        def metadata():
+            meta = client.get_model_metadata(model)
+            got = {t["name"]: (t["datatype"], t["shape"]) for t in meta["inputs"]}
+            for name, t in ref["inputs"].items():
+                assert got[name][0] == t["dtype"], f"{name}: {got[name]} vs {t['dtype']}"
+                assert len(got[name][1]) == len(t["shape"]), f"{name}: rank of {got[name][1]}"
+            assert {t["name"] for t in meta["outputs"]} >= set(ref["outputs"]), meta
+        check(f"http: {model} metadata lists its inputs and outputs", metadata)
+
+        def config():
+            cfg = client.get_model_config(model)
+            assert cfg["name"] == model and cfg["max_batch_size"] > 0, cfg
+            assert "dynamic_batching" in cfg, cfg
+            for i in cfg["input"]:
+                want = ref["inputs"][i["name"]]["shape"][1:]
+                assert i["dims"] == want, f"{i['name']}: dims {i['dims']}, want {want}"
+        check(f"http: {model} config: batching, dims without the batch dimension", config)
+
+        def infer_binary():
+            result = client.infer(model, http_inputs(ref), request_id="h1")
+            assert result.get_response()["id"] == "h1", result.get_response()
+            for name, want in ref["output_arrays"].items():
+                assert_matches(name, result.as_numpy(name), want)
+        check(f"http: {model} infer, binary tensors both ways, matches onnxruntime", infer_binary)
+
+        def infer_json():
+            outputs = [httpclient.InferRequestedOutput(n, binary_data=False) for n in ref["outputs"]]
+            result = client.infer(model, http_inputs(ref, binary=False), outputs=outputs)
+            for out in result.get_response()["outputs"]:
+                assert "data" in out, f"output {out['name']} not sent as JSON data"
+            for name, want in ref["output_arrays"].items():
+                assert_matches(name, result.as_numpy(name), want)
+        check(f"http: {model} infer, JSON tensors both ways, matches onnxruntime", infer_json)
+
+    ref = references[0]
+    model = ref["model"]
+
+    def mixed():
+        name = sorted(ref["outputs"])[0]
+        result = client.infer(model, http_inputs(ref, rows=slice(3, 5), binary=False),
+                              outputs=[httpclient.InferRequestedOutput(name, binary_data=True)])
+        names = [o["name"] for o in result.get_response()["outputs"]]
+        assert names == [name], names
+        assert_matches(name, result.as_numpy(name), ref["output_arrays"][name][3:5])
+    check(f"http: {model} JSON inputs, one requested binary output", mixed)
+
+    def statistics():
+        s = client.get_inference_statistics(model)["model_stats"][-1]
+        assert s["name"] == model
+        assert s["inference_stats"]["success"]["count"] >= 3, s
+        assert s["inference_stats"]["compute_infer"]["ns"] > 0, s
+        assert isinstance(s["inference_stats"]["queue"]["count"], int), s
+    check(f"http: {model} statistics count the requests above", statistics)
+
+    check("http: unknown model is 404",
+          lambda: expect_error(lambda: client.infer("no_such_model", http_inputs(ref)),
+                               "404", "no_such_model"))
+
+    def wrong_shape():
+        name, array = next(iter(ref["input_arrays"].items()))
+        t = httpclient.InferInput(name, [1, array.shape[1] - 1], ref["inputs"][name]["dtype"])
+        t.set_data_from_numpy(np.zeros((1, array.shape[1] - 1), dtype=array.dtype))
+        expect_error(lambda: client.infer(model, [t]), "400", model, f"'{name}'")
+    check(f"http: wrong shape is 400 naming {model} and the input", wrong_shape)
+
+    def bad_json():
+        import urllib.request
+        req = urllib.request.Request(f"http://{addr}/v2/models/{model}/infer", data=b"{not json",
+                                     method="POST")
+        try:
+            urllib.request.urlopen(req, timeout=30)
+        except urllib.error.HTTPError as e:
+            body = json.loads(e.read())
+            assert e.code == 400 and "error" in body, (e.code, body)
+            return
+        raise AssertionError("no error")
+    check("http: a body that is not JSON is 400 with an error message", bad_json)
+    check("http: server still ready after the errors", lambda: _true(client.is_server_ready()))
+
+
 def _true(value):
     assert value is True, f"got {value!r}"
 
@@ -246,6 +365,8 @@ def main(argv):
     references = [load_reference(p) for p in paths]
     if protocol == "grpc":
         grpc_suite(addr, references)
+    elif protocol == "http":
+        http_suite(addr, references)
     else:
         raise SystemExit(f"unknown protocol {protocol}")
     return 0 if RESULTS["failed"] == 0 else 1
