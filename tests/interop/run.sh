@@ -146,6 +146,25 @@ tally() { # WHAT CMD...: runs a checker printing "ok - ..."/"not ok - ..." lines
     fi
 }
 
+perf() { # WHAT ARGS...: a short perf_analyzer run must finish with every request answered
+    local what=$1 out rc=0 cudart
+    shift
+    cudart=$("$PY" -c 'import nvidia.cuda_runtime, os; print(os.path.join(nvidia.cuda_runtime.__path__[0], "lib"))' 2>&1) ||
+        { not_ok "$what" "nvidia-cuda-runtime-cu12 missing from the venv: $cudart"; return; }
+    if ! ldconfig -p | grep -q 'libb64\.so\.0d'; then
+        not_ok "$what" "perf_analyzer needs libb64: apt-get install libb64-0d (.ci/run does)"
+        return
+    fi
+    out=$(LD_LIBRARY_PATH=$cudart timeout 180 "$VENV/bin/perf_analyzer" --measurement-interval 500 \
+        --stability-percentage 100 --max-trials 5 "$@" 2>&1) || rc=$?
+    # Every request the client sent, the server counted as a success.
+    if [ "$rc" -eq 0 ] && grep -q "Throughput:" <<<"$out" && ! grep -qi "error" <<<"$out"; then
+        ok "$what ($(grep -m1 -o 'throughput: [0-9.]* infer/sec' <<<"$out" | tail -n 1))"
+    else
+        not_ok "$what" "exit code $rc: $(tail -n 8 <<<"$out")"
+    fi
+}
+
 health_is_serving() { # ADDR SERVICE
     local out
     out=$(gc -d "{\"service\": \"$2\"}" "$1" grpc.health.v1.Health/Check) || true
@@ -263,6 +282,13 @@ bundled() {
     check "README tritonclient example returns wine_forest's reference row 0" \
         "$PY" tests/interop/check.py readme-python README.md "$ADDR1" models/wine_forest/reference.json
 
+    perf "perf_analyzer over gRPC, digits_mlp, concurrency 1 and 4" \
+        -m digits_mlp -u "$ADDR1" -i grpc --concurrency-range 1:4:3
+    perf "perf_analyzer over HTTP, digits_mlp, concurrency 1 and 4" \
+        -m digits_mlp -u "$HTTP1" -i http --concurrency-range 1:4:3
+    perf "perf_analyzer over gRPC streaming, digits_cnn, concurrency 2" \
+        -m digits_cnn -u "$ADDR1" -i grpc --streaming --concurrency-range 2
+
     # REST with curl, as the README shows it.
     check "curl GET /v2/health/ready is 200" curl -sSf "http://$HTTP1/v2/health/ready"
     check "curl GET /v2/models/wine_forest/ready is 200" curl -sSf "http://$HTTP1/v2/models/wine_forest/ready"
@@ -316,6 +342,10 @@ unseen() {
         "$PY" tests/interop/triton_check.py grpc "$ADDR2" "$repo"/*/reference.json
     tally "tritonclient http on the never-seen models" \
         "$PY" tests/interop/triton_check.py http "$HTTP2" "$repo"/*/reference.json
+    perf "perf_analyzer over gRPC, never-seen tiny_cnn, concurrency 2" \
+        -m tiny_cnn -u "$ADDR2" -i grpc --concurrency-range 2
+    perf "perf_analyzer over HTTP, never-seen pair_dot (two inputs), batch 4" \
+        -m pair_dot -u "$HTTP2" -i http -b 4 --concurrency-range 1
 }
 
 bundled
