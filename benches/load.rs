@@ -5,19 +5,36 @@
 //! For each chosen model it measures, on this machine:
 //!
 //! 1. **in-process**: the engine alone (`repository::open` → `validate` → `Model::run`), on one
-//!    and on two threads, at batch 1, 8 and 32, in rows/s;
-//! 2. **served**: the real server (`predictd::server::serve` with `ServeConfig::new`, on its own
-//!    multi-thread tokio runtime on 127.0.0.1:0), driven with batch-1 `Predict` requests (raw
-//!    FP32) in a closed loop at several concurrencies: req/s, rows/s, p50/p90/p99 latency and
-//!    errors (every non-OK reply, plus sampled replies whose size or shapes are wrong);
-//! 3. **bare**: a minimal tonic server implementing the same generated `PredictionService`
+//!    and on two threads, at batch 1, 8 and 32, in rows/s; and, after the load runs, at each
+//!    batch size the server formed (below), on as many threads as the server has workers for
+//!    the model (`ServeConfig::new`: one per core), each size measured once;
+//! 2. **served**: the real server (`predictd::server::App` with `ServeConfig::new`, batching on,
+//!    on its own multi-thread tokio runtime on 127.0.0.1:0; the bench keeps its registry),
+//!    driven with batch-1 `Predict` requests (raw FP32) in a closed loop at several
+//!    concurrencies: req/s, rows/s, p50/p90/p99 latency and errors (every non-OK reply, plus
+//!    sampled replies whose size or shapes are wrong). Around every run the model's
+//!    `StatsSnapshot` is read before and after: Δrows ÷ Δbatches is the mean batch the
+//!    scheduler formed (`rows/run`; warm-up included);
+//! 3. **nobatch**: a second instance, the same defaults but `max_batch_size = 0` (batching off),
+//!    on its own runtime (threads `nobatch-rt`). To keep the run short it is driven by `rust-h2`
+//!    only, at every `LOAD_CONCURRENCY` point, back to back with served and bare;
+//! 4. **bare**: a minimal tonic server implementing the same generated `PredictionService`
 //!    trait, whose `predict` returns a pre-built copy of one real reply of that model. The
-//!    served ÷ bare ratio at the same concurrency is our cost above the RPC stack (the
-//!    project's target is ≥ 0.6 at concurrency 64 for `digits_mlp`).
+//!    served ÷ bare ratio at the same concurrency is our cost above the RPC stack.
 //!
-//! It then prints a table, the ratios (served ÷ bare, served rows/s ÷ in-process rows/s, p50
-//! added at concurrency 1) and the CPU each side used, measured from `/proc` (per-thread
-//! `schedstat` for threads in this process, `cutime`+`cstime` for h2load).
+//! It then prints a table, the ratios per model (served ÷ bare; batching on ÷ off at each
+//! concurrency; for every served `rust-h2` point, served rows/s ÷ in-process rows/s at the
+//! formed batch, rounded, on the server's worker count; served ÷ in-process at batch 1 and 32;
+//! p50 added at concurrency 1), the CPU each side used, measured from `/proc` (per-thread
+//! `schedstat` for threads in this process, `cutime`+`cstime` for h2load), and the project's
+//! targets, each marked met or NOT met:
+//!
+//! - `digits_cnn`, 16 batch-1 callers, batching on: served rows/s ≥ 0.85 × in-process rows/s at
+//!   the batch size the scheduler formed;
+//! - `digits_mlp`, 64 callers: served req/s ≥ 0.6 × bare (per client);
+//! - p50 added over in-process batch 1 at concurrency 1 ≤ 100 µs (per model);
+//! - batching never slower than batching off: the worst on ÷ off over models and
+//!   concurrencies ≥ 1 (a few % of run-to-run noise is normal).
 //!
 //! # Load generators
 //!
@@ -66,20 +83,22 @@
 //! | --- | --- | --- |
 //! | `LOAD_SECONDS` | 5 | measured seconds per run (after a 0.5 s warm-up) |
 //! | `LOAD_MODELS` | `digits_mlp,digits_cnn` | models to serve and run (also `diabetes_linear`, `wine_forest`) |
-//! | `LOAD_CONCURRENCY` | `1,4,16,64` | in-flight requests for `rust-h2` |
-//! | `LOAD_TONIC_CONCURRENCY` | `64` | in-flight requests for the tonic client (empty: skip it) |
-//! | `LOAD_H2LOAD_CONCURRENCY` | `1,64` | in-flight requests for h2load (empty: skip it) |
+//! | `LOAD_CONCURRENCY` | `1,4,16,64` | in-flight requests for `rust-h2` (served, nobatch and bare) |
+//! | `LOAD_TONIC_CONCURRENCY` | `64` | in-flight requests for the tonic client, served and bare only (empty: skip it) |
+//! | `LOAD_H2LOAD_CONCURRENCY` | `1,64` | in-flight requests for h2load, served and bare only (empty: skip it) |
 //! | `LOAD_CLIENT_THREADS` | 1 | threads of the Rust clients' runtime |
 //! | `LOAD_REPEATS` | 1 | runs of each point; the median of each figure is reported |
 //!
 //! Slow models (`wine_forest`: ~200 µs a row in tract today) run only at concurrency ≤ 4, to keep
-//! the run short. With the defaults the whole run takes about 2¾ minutes after compiling.
+//! the run short. With the defaults each model takes 18 load runs of ~5.6 s (rust-h2: 4 points
+//! × served, nobatch, bare; tonic: 1 × 2; h2load: 2 × 2), so the whole run takes about 3½
+//! minutes after compiling (about 2¾ without h2load), in-process measurements included.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -91,8 +110,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use predictd::model::Model;
 use predictd::proto::predictd::v1 as pb;
+use predictd::registry::Registry;
 use predictd::repository::{self, Slot};
-use predictd::server::{ServeConfig, serve};
+use predictd::server::{App, ServeConfig};
+use predictd::stats::StatsSnapshot;
 use predictd::tensor::Tensor;
 use prost::Message;
 use tokio::net::TcpListener;
@@ -122,6 +143,7 @@ const SLOW_MAX_CONCURRENCY: usize = 4;
 const REQUEST_ID: &str = "load";
 /// Thread-name prefixes of the runtimes, for CPU accounting (Linux keeps 15 characters).
 const SERVED_THREADS: &str = "srv-rt";
+const NOBATCH_THREADS: &str = "nobatch-rt";
 const BARE_THREADS: &str = "bare-rt";
 const CLIENT_THREADS: &str = "load-rt";
 
@@ -389,7 +411,7 @@ impl ClientRuntime {
                     };
                     let runtime = builder.enable_all().build().unwrap();
                     let output = runtime.block_on(future);
-                    let ns = threads_cpu_ns(|comm| comm.starts_with(CLIENT_THREADS));
+                    let ns = threads_cpu_ns(|_, comm| comm.starts_with(CLIENT_THREADS));
                     // Dropping the runtime closes the run's connections.
                     drop(runtime);
                     (output, ns)
@@ -401,16 +423,69 @@ impl ClientRuntime {
     }
 }
 
-/// The real server on 127.0.0.1:0, with the defaults `predictd serve` uses; returns once health
-/// says SERVING.
-fn start_served(models: &Path, client: &ClientRuntime) -> Running {
-    let runtime = server_runtime(SERVED_THREADS);
+/// A predictd instance and its live registry (the models' schedulers and counters).
+struct Served {
+    running: Running,
+    registry: Arc<Registry>,
+    /// Its model worker threads, by thread id: both instances name them alike
+    /// (`<model>-v<version>-<i>`), so the CPU accounting tells them apart by id.
+    worker_tids: HashSet<u64>,
+}
+
+impl Served {
+    /// The counters of `model`'s served (latest) version now.
+    fn stats(&self, model: &str) -> StatsSnapshot {
+        let catalog = self.registry.snapshot();
+        let (_, scheduler) = catalog
+            .resolve(model, "")
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+        scheduler.stats().snapshot()
+    }
+
+    /// The model the server runs, and its number of worker threads.
+    fn model(&self, model: &str) -> (Arc<Model>, usize) {
+        let catalog = self.registry.snapshot();
+        let (_, scheduler) = catalog
+            .resolve(model, "")
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+        (Arc::clone(scheduler.model()), scheduler.config().workers)
+    }
+}
+
+/// The ids of this process's live threads.
+fn thread_ids() -> HashSet<u64> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| t.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The real server (through `App`, keeping its registry) on 127.0.0.1:0, on its own runtime on
+/// threads named `runtime_name`, with the defaults `predictd serve` uses, batching on or off
+/// (`max_batch_size = 0`); returns once health says SERVING.
+fn start_served(
+    models: &Path,
+    client: &ClientRuntime,
+    batching: bool,
+    runtime_name: &str,
+) -> Served {
+    let threads_before = thread_ids();
+    let runtime = server_runtime(runtime_name);
     let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let config = ServeConfig::new(models);
+    let mut config = ServeConfig::new(models);
+    if !batching {
+        config.scheduler.max_batch_size = 0;
+    }
+    let app = App::new(config).expect("the model repository is readable");
+    let registry = app.registry();
     runtime.spawn(async move {
-        serve(listener, config, async {
+        app.serve(listener, async {
             let _ = stopped.await;
         })
         .await
@@ -419,10 +494,26 @@ fn start_served(models: &Path, client: &ClientRuntime) -> Running {
     client.block_on(async {
         common::wait_until_serving(connect(addr).await).await;
     });
-    Running {
-        addr,
-        stop: Some(stop),
-        runtime: Some(runtime),
+    // The model workers start before SERVING and live as long as the registry; the runtime's
+    // own threads are told by name.
+    let worker_tids = thread_ids()
+        .difference(&threads_before)
+        .copied()
+        .filter(|tid| {
+            let comm =
+                std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_default();
+            let comm = comm.trim_end();
+            !comm.starts_with(runtime_name) && !comm.starts_with(CLIENT_THREADS)
+        })
+        .collect();
+    Served {
+        running: Running {
+            addr,
+            stop: Some(stop),
+            runtime: Some(runtime),
+        },
+        registry,
+        worker_tids,
     }
 }
 
@@ -551,8 +642,22 @@ impl Expect {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Target {
+    /// predictd with its defaults: batching on.
     Served,
+    /// predictd with batching off (`max_batch_size = 0`).
+    NoBatch,
+    /// The bare tonic server.
     Bare,
+}
+
+impl Target {
+    fn label(self) -> &'static str {
+        match self {
+            Target::Served => "served",
+            Target::NoBatch => "nobatch",
+            Target::Bare => "bare",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -588,6 +693,9 @@ struct Run {
     first_error: Option<String>,
     /// CPU used during the run.
     cpu: CpuUse,
+    /// predictd only: mean rows per model run during the run (warm-up included), from the
+    /// model's counters: Δrows ÷ Δbatches.
+    rows_per_run: Option<f64>,
 }
 
 /// What one tonic client task saw.
@@ -922,9 +1030,11 @@ fn h2load_load(
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Cpu {
-    /// ns of CPU by thread group: every thread but the main one and the clients' (the served
-    /// runtime and the model workers), and the bare server's runtime.
+    /// ns of CPU by thread group: the batching-off instance (its runtime and model workers);
+    /// every other thread but the main one and the clients' (the batching-on instance's runtime
+    /// and model workers); and the bare server's runtime.
     served: u64,
+    nobatch: u64,
     bare: u64,
     /// Clock ticks of this process (all threads) and of its waited-for children (h2load).
     self_ticks: u64,
@@ -937,14 +1047,19 @@ struct Cpu {
 /// Linux's USER_HZ, the unit of /proc/*/stat and /proc/stat times.
 const TICKS_PER_S: f64 = 100.0;
 
-/// CPU time, in ns, of this process's live threads whose name passes `pick`.
-fn threads_cpu_ns(pick: impl Fn(&str) -> bool) -> u64 {
+/// CPU time, in ns, of this process's live threads whose id and name pass `pick`.
+fn threads_cpu_ns(pick: impl Fn(u64, &str) -> bool) -> u64 {
     let mut total = 0;
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             let dir = task.path();
+            let tid = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
             let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-            if pick(comm.trim_end()) {
+            if pick(tid, comm.trim_end()) {
                 total += std::fs::read_to_string(dir.join("schedstat"))
                     .ok()
                     .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
@@ -955,17 +1070,22 @@ fn threads_cpu_ns(pick: impl Fn(&str) -> bool) -> u64 {
     total
 }
 
-fn cpu_now() -> Cpu {
+/// `nobatch_workers`: the model worker threads of the batching-off instance.
+fn cpu_now(nobatch_workers: &HashSet<u64>) -> Cpu {
     let main_tid = std::process::id();
     let main_comm =
         std::fs::read_to_string(format!("/proc/self/task/{main_tid}/comm")).unwrap_or_default();
     let main_comm = main_comm.trim_end();
+    let nobatch =
+        |tid: u64, comm: &str| comm.starts_with(NOBATCH_THREADS) || nobatch_workers.contains(&tid);
     let mut cpu = Cpu {
-        bare: threads_cpu_ns(|comm| comm.starts_with(BARE_THREADS)),
+        bare: threads_cpu_ns(|_, comm| comm.starts_with(BARE_THREADS)),
+        nobatch: threads_cpu_ns(nobatch),
         // The served runtime and the model workers (named after their models).
-        served: threads_cpu_ns(|comm| {
+        served: threads_cpu_ns(|tid, comm| {
             !comm.starts_with(BARE_THREADS)
                 && !comm.starts_with(CLIENT_THREADS)
+                && !nobatch(tid, comm)
                 && comm != main_comm
         }),
         ..Cpu::default()
@@ -1014,8 +1134,9 @@ fn cpu_used(before: Cpu, after: Cpu, target: Target, client_ns: Option<u64>, wal
     let pct = |ns: u64| ns as f64 / 1e9 / wall * 100.0;
     let ticks = |t: u64| t as f64 / TICKS_PER_S / wall * 100.0;
     let server = match target {
-        Target::Served => after.served - before.served,
-        Target::Bare => after.bare - before.bare,
+        Target::Served => after.served.saturating_sub(before.served),
+        Target::NoBatch => after.nobatch.saturating_sub(before.nobatch),
+        Target::Bare => after.bare.saturating_sub(before.bare),
     };
     let ours =
         (after.self_ticks - before.self_ticks) + (after.children_ticks - before.children_ticks);
@@ -1063,6 +1184,10 @@ fn combine(runs: &[Run]) -> Run {
             client: median(runs.iter().map(|r| r.cpu.client)),
             other: median(runs.iter().map(|r| r.cpu.other)),
         },
+        rows_per_run: runs
+            .iter()
+            .any(|r| r.rows_per_run.is_some())
+            .then(|| median(runs.iter().filter_map(|r| r.rows_per_run))),
     }
 }
 
@@ -1168,10 +1293,12 @@ fn main() {
     let client_rt = ClientRuntime {
         threads: settings.client_threads,
     };
-    eprintln!("starting predictd...");
+    eprintln!("starting predictd (batching on)...");
     let load_started = Instant::now();
-    let served = start_served(repo.path(), &client_rt);
+    let served = start_served(repo.path(), &client_rt, true, SERVED_THREADS);
     let startup = load_started.elapsed();
+    eprintln!("starting predictd (batching off)...");
+    let nobatch = start_served(repo.path(), &client_rt, false, NOBATCH_THREADS);
 
     // One real reply per model: the bare server's reply, and what a good reply looks like.
     let mut requests: BTreeMap<String, Arc<pb::PredictRequest>> = BTreeMap::new();
@@ -1180,7 +1307,7 @@ fn main() {
     for (name, first) in &firsts {
         let request = wire_request(name, first);
         let reply = client_rt.block_on(async {
-            let mut client = PredictionServiceClient::new(connect(served.addr).await);
+            let mut client = PredictionServiceClient::new(connect(served.running.addr).await);
             client.predict(request.clone()).await
         });
         let reply = reply
@@ -1241,13 +1368,26 @@ fn main() {
         }
         for (concurrency, client) in plan {
             for _ in 0..settings.repeats {
-                // Served and bare back to back, so drift hits both alike.
-                for (target, addr) in [(Target::Served, served.addr), (Target::Bare, bare.addr)] {
+                // Served, (rust-h2 only) batching off, and bare back to back, so drift hits
+                // them alike.
+                let targets: &[Target] = if client == Client::Rust {
+                    &[Target::Served, Target::NoBatch, Target::Bare]
+                } else {
+                    &[Target::Served, Target::Bare]
+                };
+                for &target in targets {
+                    let (addr, instance) = match target {
+                        Target::Served => (served.running.addr, Some(&served)),
+                        Target::NoBatch => (nobatch.running.addr, Some(&nobatch)),
+                        Target::Bare => (bare.addr, None),
+                    };
                     eprintln!(
-                        "{name} c={concurrency} {target:?} via {}...",
+                        "{name} c={concurrency} {} via {}...",
+                        target.label(),
                         client.label()
                     );
-                    let before = cpu_now();
+                    let stats_before = instance.map(|i| i.stats(name));
+                    let before = cpu_now(&nobatch.worker_tids);
                     let started = Instant::now();
                     let outcome = match client {
                         Client::Rust => {
@@ -1282,9 +1422,16 @@ fn main() {
                         }
                     };
                     let wall = started.elapsed().as_secs_f64();
-                    let after = cpu_now();
+                    let after = cpu_now(&nobatch.worker_tids);
+                    let stats_after = instance.map(|i| i.stats(name));
                     let Some((mut tally, client_ns)) = outcome else {
                         continue;
+                    };
+                    let rows_per_run = match (stats_before, stats_after) {
+                        (Some(b), Some(a)) if a.batches > b.batches => {
+                            Some((a.rows - b.rows) as f64 / (a.batches - b.batches) as f64)
+                        }
+                        _ => None,
                     };
                     let cpu = cpu_used(before, after, target, client_ns, wall);
                     tally.latencies_us.sort_by(f64::total_cmp);
@@ -1298,6 +1445,7 @@ fn main() {
                         errors: tally.errors,
                         first_error: tally.first_error,
                         cpu,
+                        rows_per_run,
                     };
                     results
                         .entry((name.clone(), concurrency, target, client))
@@ -1307,10 +1455,45 @@ fn main() {
             }
         }
     }
+    let models: BTreeMap<String, (Arc<Model>, usize)> = settings
+        .models
+        .iter()
+        .map(|name| (name.clone(), served.model(name)))
+        .collect();
     drop(bare);
+    drop(nobatch);
     drop(served);
 
-    let report = report(&settings, &in_proc, &results);
+    // 4. In-process at the batch sizes the scheduler formed, on as many threads as the server
+    //    has workers for the model (measured once per size; the first table's figures are
+    //    reused when they match).
+    let mut workers: BTreeMap<String, usize> = BTreeMap::new();
+    for (name, (model, threads)) in &models {
+        workers.insert(name.clone(), *threads);
+        let sizes: Vec<usize> = results
+            .iter()
+            .filter(|((n, _, t, c), _)| n == name && *t == Target::Served && *c == Client::Rust)
+            .filter_map(|(_, runs)| combine(runs).rows_per_run)
+            .map(formed_size)
+            .collect();
+        for rows in sizes {
+            let known = in_proc[name]
+                .iter()
+                .any(|r| r.rows == rows && r.threads == *threads);
+            if !known {
+                eprintln!("in-process {name} batch {rows} threads {threads} (formed batch)");
+                let measured = in_process(model, &firsts[name], rows, *threads);
+                in_proc.get_mut(name).unwrap().push(measured);
+            }
+        }
+        in_proc
+            .get_mut(name)
+            .unwrap()
+            .sort_by_key(|r| (r.threads, r.rows));
+    }
+    drop(models);
+
+    let report = report(&settings, &in_proc, &workers, &results);
     println!("{report}");
     for note in notes {
         println!("note: {note}");
@@ -1346,9 +1529,15 @@ fn copy_dir(source: &Path, target: &Path) {
     }
 }
 
+/// The batch size to compare with in-process: the mean formed, rounded, at least 1.
+fn formed_size(rows_per_run: f64) -> usize {
+    (rows_per_run.round() as usize).max(1)
+}
+
 fn report(
     settings: &Settings,
     in_proc: &BTreeMap<String, Vec<InProcess>>,
+    workers: &BTreeMap<String, usize>,
     results: &BTreeMap<Key, Vec<Run>>,
 ) -> String {
     let mut out = String::new();
@@ -1388,18 +1577,29 @@ fn report(
     );
     let _ = writeln!(
         out,
+        "mode: served = predictd, batching on (defaults); nobatch = predictd, max_batch_size 0; \
+         bare = tonic returning a fixed reply"
+    );
+    let _ = writeln!(
+        out,
+        "rows/run: mean rows per model run the scheduler formed during the run (warm-up \
+         included), from the model's counters"
+    );
+    let _ = writeln!(
+        out,
         "cpu srv/gen/other: % of one core (both = 200%) used by the server under test, by the \
          load generator, and by everything else on the machine (noise)"
     );
     let _ = writeln!(
         out,
-        "{:<16} {:>4} {:<6} {:<7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}  cpu srv/gen/other",
+        "{:<16} {:>4} {:<7} {:<7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}  cpu srv/gen/other",
         "model",
         "conc",
         "mode",
         "client",
         "req/s",
         "rows/s",
+        "rows/run",
         "p50 µs",
         "p90 µs",
         "p99 µs",
@@ -1409,17 +1609,16 @@ fn report(
     for ((name, conc, target, client), r) in &combined {
         let _ = writeln!(
             out,
-            "{:<16} {:>4} {:<6} {:<7} {:>8.0} {:>8.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>6}  {:.0}/{:.0}/{:.0}",
+            "{:<16} {:>4} {:<7} {:<7} {:>8.0} {:>8.0} {:>8} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>6}  {:.0}/{:.0}/{:.0}",
             name,
             conc,
-            match target {
-                Target::Served => "served",
-                Target::Bare => "bare",
-            },
+            target.label(),
             client.label(),
             r.req_per_s,
             // Every request is one row.
             r.req_per_s,
+            r.rows_per_run
+                .map_or("-".to_string(), |v| format!("{v:.1}")),
             r.p50,
             r.p90,
             r.p99,
@@ -1434,7 +1633,8 @@ fn report(
         if let Some(e) = &r.first_error {
             let _ = writeln!(
                 out,
-                "ERRORS {name} c={conc} {target:?} via {}: {} (first: {e})",
+                "ERRORS {name} c={conc} {} via {}: {} (first: {e})",
+                target.label(),
                 client.label(),
                 r.errors
             );
@@ -1443,7 +1643,14 @@ fn report(
     let noisy: Vec<String> = combined
         .iter()
         .filter(|(_, r)| r.cpu.other > 15.0)
-        .map(|((n, c, t, cl), r)| format!("{n} c={c} {t:?} {}: {:.0}%", cl.label(), r.cpu.other))
+        .map(|((n, c, t, cl), r)| {
+            format!(
+                "{n} c={c} {} {}: {:.0}%",
+                t.label(),
+                cl.label(),
+                r.cpu.other
+            )
+        })
         .collect();
     if !noisy.is_empty() {
         let _ = writeln!(
@@ -1456,6 +1663,10 @@ fn report(
 
     let _ = writeln!(out, "\n== ratios ==");
     let clients = [Client::Rust, Client::Tonic, Client::H2load];
+    // For the targets: the worst batching on ÷ off (ratio, concurrency, model), and served ÷
+    // in-process at the formed batch for each (model, concurrency) (ratio, formed size).
+    let mut worst_on_off: Option<(f64, usize, &String)> = None;
+    let mut vs_formed: BTreeMap<(&String, usize), (f64, usize)> = BTreeMap::new();
     for name in &settings.models {
         let _ = writeln!(out, "{name}:");
         for client in clients {
@@ -1477,12 +1688,55 @@ fn report(
                 );
             }
         }
+        let on_off: Vec<String> = combined
+            .iter()
+            .filter(|((n, _, t, c), _)| n == name && *t == Target::Served && *c == Client::Rust)
+            .filter_map(|((_, conc, _, _), on)| {
+                let off = get(name, *conc, Target::NoBatch, Client::Rust)?;
+                let value = on.req_per_s / off.req_per_s;
+                if value.is_finite() && worst_on_off.is_none_or(|(worst, _, _)| value < worst) {
+                    worst_on_off = Some((value, *conc, name));
+                }
+                Some(format!("c={conc} {}", ratio(on.req_per_s, off.req_per_s)))
+            })
+            .collect();
+        if !on_off.is_empty() {
+            let _ = writeln!(
+                out,
+                "  batching on ÷ off req/s via rust-h2: {}",
+                on_off.join(", ")
+            );
+        }
         let inproc = &in_proc[name];
         let find = |rows: usize, threads: usize| {
             inproc
                 .iter()
                 .find(|r| r.rows == rows && r.threads == threads)
         };
+        if let Some(&threads) = workers.get(name) {
+            for ((_, conc, _, _), s) in combined
+                .iter()
+                .filter(|((n, _, t, c), _)| n == name && *t == Target::Served && *c == Client::Rust)
+            {
+                let Some(formed) = s.rows_per_run else {
+                    continue;
+                };
+                let rows = formed_size(formed);
+                let Some(base) = find(rows, threads) else {
+                    continue;
+                };
+                let value = s.req_per_s / base.rows_per_s;
+                vs_formed.insert((name, *conc), (value, rows));
+                let _ = writeln!(
+                    out,
+                    "  c={conc} via rust-h2: formed {formed:.1} rows/run; served {:.0} rows/s ÷ \
+                     in-process batch {rows} on {threads} threads {:.0} rows/s = {}",
+                    s.req_per_s,
+                    base.rows_per_s,
+                    ratio(s.req_per_s, base.rows_per_s)
+                );
+            }
+        }
         for client in clients {
             let best = combined
                 .iter()
@@ -1511,10 +1765,12 @@ fn report(
                     get(name, 1, Target::Served, client),
                     get(name, 1, Target::Bare, client),
                 ) {
+                    let nobatch = get(name, 1, Target::NoBatch, client)
+                        .map_or(String::new(), |n| format!("; nobatch p50 {:.0} µs", n.p50));
                     let _ = writeln!(
                         out,
                         "  p50 added at c=1 via {}: served {:.0} µs − in-process batch-1 {:.1} µs \
-                         = {:.0} µs; bare tonic p50 {:.0} µs, served − bare {:.0} µs",
+                         = {:.0} µs; bare tonic p50 {:.0} µs, served − bare {:.0} µs{nobatch}",
                         client.label(),
                         s.p50,
                         one.call_us,
@@ -1524,6 +1780,73 @@ fn report(
                     );
                 }
             }
+        }
+    }
+
+    let _ = writeln!(
+        out,
+        "\n== targets (rust-h2 unless said; on this 2-core VM the generator shares the cores) =="
+    );
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    let cnn = "digits_cnn".to_string();
+    match vs_formed.get(&(&cnn, 16)) {
+        Some(&(value, rows)) => {
+            let _ = writeln!(
+                out,
+                "target digits_cnn c=16: served ÷ in-process at formed batch {rows} = {value:.2} \
+                 (target ≥ 0.85): {}",
+                verdict(value >= 0.85)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "target digits_cnn c=16: served ÷ in-process at formed batch: not measured \
+                 (needs digits_cnn in LOAD_MODELS and 16 in LOAD_CONCURRENCY)"
+            );
+        }
+    }
+    let mlp = "digits_mlp".to_string();
+    for client in clients {
+        if let (Some(s), Some(b)) = (
+            get(&mlp, 64, Target::Served, client),
+            get(&mlp, 64, Target::Bare, client),
+        ) {
+            let value = s.req_per_s / b.req_per_s;
+            let _ = writeln!(
+                out,
+                "target digits_mlp c=64: served ÷ bare via {} = {value:.2} (target ≥ 0.6): {}",
+                client.label(),
+                verdict(value >= 0.6)
+            );
+        }
+    }
+    for name in &settings.models {
+        let one = in_proc[name].iter().find(|r| r.rows == 1 && r.threads == 1);
+        if let (Some(one), Some(s)) = (one, get(name, 1, Target::Served, Client::Rust)) {
+            let added = s.p50 - one.call_us;
+            let _ = writeln!(
+                out,
+                "target {name} c=1: p50 added over in-process = {added:.0} µs (target ≤ 100 µs): \
+                 {}",
+                verdict(added <= 100.0)
+            );
+        }
+    }
+    match worst_on_off {
+        Some((value, conc, name)) => {
+            let _ = writeln!(
+                out,
+                "target batching never slower: worst on÷off = {value:.2} at c={conc} ({name}) \
+                 (target ≥ 1.00; run to run noise is a few %): {}",
+                verdict(value >= 1.0)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "target batching never slower: not measured (no rust-h2 runs)"
+            );
         }
     }
 
