@@ -88,6 +88,7 @@
 //! | `LOAD_H2LOAD_CONCURRENCY` | `1,64` | in-flight requests for h2load, served and bare only (empty: skip it) |
 //! | `LOAD_CLIENT_THREADS` | 1 | threads of the Rust clients' runtime |
 //! | `LOAD_REPEATS` | 1 | runs of each point; the median of each figure is reported |
+//! | `LOAD_PREFERRED_BATCH_SIZES` | (server default, `1`) | the servers' `preferred_batch_sizes`; empty: none |
 //!
 //! Slow models (`wine_forest`: ~200 µs a row in tract today) run only at concurrency ≤ 4, to keep
 //! the run short. With the defaults each model takes 18 load runs of ~5.6 s (rust-h2: 4 points
@@ -481,6 +482,13 @@ fn start_served(
     let mut config = ServeConfig::new(models);
     if !batching {
         config.scheduler.max_batch_size = 0;
+    }
+    if let Ok(sizes) = std::env::var("LOAD_PREFERRED_BATCH_SIZES") {
+        config.preferred_batch_sizes = sizes
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse("LOAD_PREFERRED_BATCH_SIZES", s.trim()))
+            .collect();
     }
     let app = App::new(config).expect("the model repository is readable");
     let registry = app.registry();
