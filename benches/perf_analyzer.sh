@@ -24,7 +24,7 @@ if [ ! -x "$VENV/bin/perf_analyzer" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
-ldconfig -p | grep -q 'libb64\.so\.0d' || {
+ldconfig -p | grep -c 'libb64\.so\.0d' >/dev/null || {
     echo "perf_analyzer needs libb64: apt-get install libb64-0d" >&2
     exit 1
 }

@@ -151,7 +151,7 @@ perf() { # WHAT ARGS...: a short perf_analyzer run must finish with every reques
     shift
     cudart=$("$PY" -c 'import nvidia.cuda_runtime, os; print(os.path.join(nvidia.cuda_runtime.__path__[0], "lib"))' 2>&1) ||
         { not_ok "$what" "nvidia-cuda-runtime-cu12 missing from the venv: $cudart"; return; }
-    if ! ldconfig -p | grep -q 'libb64\.so\.0d'; then
+    if ! ldconfig -p | grep -c 'libb64\.so\.0d' >/dev/null; then
         not_ok "$what" "perf_analyzer needs libb64: apt-get install libb64-0d (.ci/run does)"
         return
     fi
