@@ -6,7 +6,6 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::proto::inference as pb;
-use crate::signature::{Dim, TensorSpec};
 use crate::tensor::{DType, Element, Tensor, TensorError, shape_from_wire};
 
 /// Why a protocol tensor is not a tensor.
@@ -81,17 +80,6 @@ pub fn dtype_from_name(name: &str) -> Result<DType, ContentsError> {
         "BF16" => return Err(ContentsError::Unsupported(name.to_string())),
         _ => return Err(ContentsError::UnknownDatatype(name.to_string())),
     })
-}
-
-/// The shape a client sees: dynamic dimensions as -1.
-pub fn shape_to_wire(spec: &TensorSpec) -> Vec<i64> {
-    spec.shape
-        .iter()
-        .map(|d| match d {
-            Dim::Fixed(n) => i64::try_from(*n).unwrap_or(i64::MAX),
-            Dim::Symbol(_) => -1,
-        })
-        .collect()
 }
 
 /// A tensor's shape as protocol integers.

@@ -5,10 +5,10 @@
 use crate::proto::inference as pb;
 use crate::repository::{Catalog, LookupError, MODEL_FILE, Slot};
 use crate::scheduler::Scheduler;
-use crate::signature::{Dim, TensorSpec};
+use crate::signature::TensorSpec;
 use crate::tensor::DType;
 
-use super::convert::{datatype_name, shape_to_wire};
+use super::convert::datatype_name;
 
 /// What `platform` says of every model: Triton's name for a model in ONNX format. Tools key on
 /// it; `backend` says which engine really runs it.
@@ -32,7 +32,7 @@ fn tensor_metadata(spec: &TensorSpec) -> pb::model_metadata_response::TensorMeta
     pb::model_metadata_response::TensorMetadata {
         name: spec.name.clone(),
         datatype: datatype_name(spec.dtype).to_string(),
-        shape: shape_to_wire(spec),
+        shape: spec.wire_shape(),
     }
 }
 
@@ -87,14 +87,9 @@ fn config_type(dtype: DType) -> pb::DataType {
 /// Dimensions as Triton's configuration states them: without the batch dimension when the
 /// model batches (`max_batch_size` > 0), -1 for dynamic ones.
 fn config_dims(spec: &TensorSpec, batching: bool) -> Vec<i64> {
-    let skip = usize::from(batching);
-    spec.shape
-        .iter()
-        .skip(skip)
-        .map(|d| match d {
-            Dim::Fixed(n) => i64::try_from(*n).unwrap_or(i64::MAX),
-            Dim::Symbol(_) => -1,
-        })
+    spec.wire_shape()
+        .into_iter()
+        .skip(usize::from(batching))
         .collect()
 }
 
