@@ -288,6 +288,10 @@ bundled() {
         -m digits_mlp -u "$HTTP1" -i http --concurrency-range 1:4:3
     perf "perf_analyzer over gRPC streaming, digits_cnn, concurrency 2" \
         -m digits_cnn -u "$ADDR1" -i grpc --streaming --concurrency-range 2
+    perf "perf_analyzer over gRPC, diabetes_linear, batch 8" \
+        -m diabetes_linear -u "$ADDR1" -i grpc -b 8 --concurrency-range 2
+    perf "perf_analyzer over HTTP, wine_forest, concurrency 2" \
+        -m wine_forest -u "$HTTP1" -i http --concurrency-range 2
 
     # REST with curl, as the README shows it.
     check "curl GET /v2/health/ready is 200" curl -sSf "http://$HTTP1/v2/health/ready"
