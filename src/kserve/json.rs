@@ -404,12 +404,14 @@ fn tensor_to_json(tensor: &Tensor) -> Value {
                 .map(|s| Value::from(s.as_str()))
                 .collect(),
         ),
+        // No Rust type carries FP16; read the halves from the little-endian bytes.
         DType::F16 => Value::Array(
             tensor
-                .to_values::<u16>()
-                .unwrap_or_default()
+                .bytes()
+                .map(|b| b.chunks_exact(2))
                 .into_iter()
-                .map(|bits| short(f16_to_f32(bits)))
+                .flatten()
+                .map(|half| short(f16_to_f32(u16::from_le_bytes([half[0], half[1]]))))
                 .collect(),
         ),
     }
@@ -507,6 +509,13 @@ mod tests {
         assert_eq!(header["model_version"], "3");
         assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 8);
         assert_eq!(&body[length..], &[0, 0, 0xc0, 0x3f, 0, 0, 0, 0xc0]);
+    }
+
+    #[test]
+    fn fp16_outputs_become_json_numbers() {
+        let halves = Bytes::from_static(&[0x00, 0x3c, 0x00, 0xc0]);
+        let tensor = Tensor::from_bytes(DType::F16, vec![2], halves).unwrap();
+        assert_eq!(tensor_to_json(&tensor), json!([1.0, -2.0]));
     }
 
     #[test]
