@@ -182,6 +182,16 @@ impl<T> Catalog<T> {
         }
     }
 
+    /// The versions of `model` that can serve now, ascending (none for an unknown model).
+    pub fn ready_versions(&self, model: &str) -> impl DoubleEndedIterator<Item = u64> + '_ {
+        self.models
+            .get(model)
+            .into_iter()
+            .flat_map(|entry| &entry.versions)
+            .filter(|(_, slot)| matches!(slot, Slot::Ready(_)))
+            .map(|(&v, _)| v)
+    }
+
     /// The same catalog with every ready version marked as still loading: what a server shows
     /// between discovering a repository and loading it.
     pub fn pending<U>(&self) -> Catalog<U> {

@@ -288,9 +288,8 @@ impl Worker {
         let until = Instant::now() + self.delay;
         // With a queue delay the operator asked for fuller batches, idle workers or not.
         let waits = !self.delay.is_zero();
-        let idle = Arc::clone(&self.idle);
-        let grow = || waits || idle.load(Ordering::Relaxed) == 0;
-        while rows > 0 && rows < self.max_rows && grow() {
+        while rows > 0 && rows < self.max_rows && (waits || self.idle.load(Ordering::Relaxed) == 0)
+        {
             let wait = if self.delay.is_zero() {
                 Wait::No
             } else {

@@ -320,6 +320,21 @@ impl Tensor {
         })
     }
 
+    /// A tensor of a narrow integer dtype from wider wire integers (e.g. UINT8 sent as uint32),
+    /// each checked to fit.
+    pub fn from_narrowed<W: Copy, T: Element + TryFrom<W>>(
+        dtype: DType,
+        shape: Vec<usize>,
+        values: &[W],
+    ) -> Result<Self, TensorError>
+    where
+        i128: From<W>,
+    {
+        Self::from_converted(dtype, shape, values, |v| {
+            T::try_from(*v).map_err(|_| i128::from(*v))
+        })
+    }
+
     /// A STRING tensor.
     pub fn from_strings(shape: Vec<usize>, values: Vec<String>) -> Result<Self, TensorError> {
         check_count(&shape, values.len())?;
@@ -328,6 +343,14 @@ impl Tensor {
             shape,
             data: Data::Strings(values),
         })
+    }
+
+    /// The dimensions as the wire protocols carry them.
+    pub fn wire_shape(&self) -> Vec<i64> {
+        self.shape
+            .iter()
+            .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
+            .collect()
     }
 
     /// The element type.

@@ -156,10 +156,10 @@ pub fn tensor_from_wire(t: pb::Tensor) -> Result<Tensor, WireError> {
         DType::F32 => Tensor::from_values(shape, &t.float_values),
         DType::F64 => Tensor::from_values(shape, &t.double_values),
         DType::I32 => Tensor::from_values(shape, &t.int32_values),
-        DType::I8 => narrow::<i8>(dtype, shape, &t.int32_values),
-        DType::I16 => narrow::<i16>(dtype, shape, &t.int32_values),
-        DType::U8 => narrow::<u8>(dtype, shape, &t.int32_values),
-        DType::U16 => narrow::<u16>(dtype, shape, &t.int32_values),
+        DType::I8 => Tensor::from_narrowed::<i32, i8>(dtype, shape, &t.int32_values),
+        DType::I16 => Tensor::from_narrowed::<i32, i16>(dtype, shape, &t.int32_values),
+        DType::U8 => Tensor::from_narrowed::<i32, u8>(dtype, shape, &t.int32_values),
+        DType::U16 => Tensor::from_narrowed::<i32, u16>(dtype, shape, &t.int32_values),
         DType::I64 => Tensor::from_values(shape, &t.int64_values),
         DType::U32 => Tensor::from_values(shape, &t.uint32_values),
         DType::U64 => Tensor::from_values(shape, &t.uint64_values),
@@ -177,26 +177,12 @@ pub fn tensor_from_wire(t: pb::Tensor) -> Result<Tensor, WireError> {
     Ok(tensor?)
 }
 
-fn narrow<T: Element + TryFrom<i32>>(
-    dtype: DType,
-    shape: Vec<usize>,
-    values: &[i32],
-) -> Result<Tensor, TensorError> {
-    Tensor::from_converted(dtype, shape, values, |v| {
-        T::try_from(*v).map_err(|_| i128::from(*v))
-    })
-}
-
 /// Encodes a tensor for a reply: as raw bytes, or in its typed field. FP16 has no typed field
 /// and always goes raw.
 pub fn tensor_to_wire(tensor: &Tensor, raw: bool) -> pb::Tensor {
     let mut out = pb::Tensor {
         dtype: dtype_to_wire(tensor.dtype()) as i32,
-        shape: tensor
-            .shape()
-            .iter()
-            .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
-            .collect(),
+        shape: tensor.wire_shape(),
         ..Default::default()
     };
     if let Some(strings) = tensor.strings() {

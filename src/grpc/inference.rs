@@ -16,8 +16,7 @@ use super::stream::{ReplyStream, answer_in_order, deadlines};
 use super::trace::traced;
 use crate::infer::{InferError, infer, inference_span};
 use crate::kserve::convert::{
-    datatype_name, dtype_from_name, tensor_from_contents, tensor_from_raw, tensor_shape,
-    tensor_to_raw,
+    datatype_name, dtype_from_name, tensor_from_contents, tensor_from_raw, tensor_to_raw,
 };
 use crate::kserve::model_info;
 use crate::proto::inference as pb;
@@ -108,7 +107,7 @@ async fn model_infer(
                 |(name, tensor)| pb::model_infer_response::InferOutputTensor {
                     name,
                     datatype: datatype_name(tensor.dtype()).to_string(),
-                    shape: tensor_shape(&tensor),
+                    shape: tensor.wire_shape(),
                     ..Default::default()
                 },
             )

@@ -169,18 +169,10 @@ impl pb::prediction_service_server::PredictionService for PredictionService {
             .map_err(|e| status(&InferError::from(e)))?;
         let signature = scheduler.model().signature();
         let versions = catalog
-            .models
-            .get(&request.model)
-            .map(|entry| {
-                entry
-                    .versions
-                    .iter()
-                    .rev()
-                    .filter(|(_, slot)| matches!(slot, Slot::Ready(_)))
-                    .map(|(v, _)| v.to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
+            .ready_versions(&request.model)
+            .rev()
+            .map(|v| v.to_string())
+            .collect();
         Ok(Response::new(pb::ModelMetadata {
             name: request.model,
             version: version.to_string(),

@@ -6,7 +6,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::proto::inference as pb;
-use crate::tensor::{DType, Element, Tensor, TensorError, shape_from_wire};
+use crate::tensor::{DType, Tensor, TensorError, shape_from_wire};
 
 /// Why a protocol tensor is not a tensor.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,15 +80,6 @@ pub fn dtype_from_name(name: &str) -> Result<DType, ContentsError> {
         "BF16" => return Err(ContentsError::Unsupported(name.to_string())),
         _ => return Err(ContentsError::UnknownDatatype(name.to_string())),
     })
-}
-
-/// A tensor's shape as protocol integers.
-pub fn tensor_shape(tensor: &Tensor) -> Vec<i64> {
-    tensor
-        .shape()
-        .iter()
-        .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
-        .collect()
 }
 
 /// Reads raw bytes: little-endian elements, or length-prefixed elements for BYTES.
@@ -169,12 +160,12 @@ pub fn tensor_from_contents(
     }
     let tensor = match dtype {
         DType::Bool => Tensor::from_values(shape, &c.bool_contents),
-        DType::I8 => narrow::<i32, i8>(dtype, shape, &c.int_contents),
-        DType::I16 => narrow::<i32, i16>(dtype, shape, &c.int_contents),
+        DType::I8 => Tensor::from_narrowed::<i32, i8>(dtype, shape, &c.int_contents),
+        DType::I16 => Tensor::from_narrowed::<i32, i16>(dtype, shape, &c.int_contents),
         DType::I32 => Tensor::from_values(shape, &c.int_contents),
         DType::I64 => Tensor::from_values(shape, &c.int64_contents),
-        DType::U8 => narrow::<u32, u8>(dtype, shape, &c.uint_contents),
-        DType::U16 => narrow::<u32, u16>(dtype, shape, &c.uint_contents),
+        DType::U8 => Tensor::from_narrowed::<u32, u8>(dtype, shape, &c.uint_contents),
+        DType::U16 => Tensor::from_narrowed::<u32, u16>(dtype, shape, &c.uint_contents),
         DType::U32 => Tensor::from_values(shape, &c.uint_contents),
         DType::U64 => Tensor::from_values(shape, &c.uint64_contents),
         DType::F32 => Tensor::from_values(shape, &c.fp32_contents),
@@ -210,19 +201,6 @@ fn contents_field(dtype: DType) -> &'static str {
         DType::String => "bytes_contents",
         DType::F16 => "raw_input_contents",
     }
-}
-
-fn narrow<W: Copy, T: Element + TryFrom<W>>(
-    dtype: DType,
-    shape: Vec<usize>,
-    values: &[W],
-) -> Result<Tensor, TensorError>
-where
-    i128: From<W>,
-{
-    Tensor::from_converted(dtype, shape, values, |v| {
-        T::try_from(*v).map_err(|_| i128::from(*v))
-    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::convert::{
-    ContentsError, datatype_name, dtype_from_name, tensor_from_raw, tensor_shape, tensor_to_raw,
+    ContentsError, datatype_name, dtype_from_name, tensor_from_raw, tensor_to_raw,
 };
 use crate::tensor::{DType, Element, Tensor, TensorError, shape_from_wire};
 
@@ -215,7 +215,7 @@ pub fn encode_response(
             let mut out = json!({
                 "name": name,
                 "datatype": datatype_name(tensor.dtype()),
-                "shape": tensor_shape(tensor),
+                "shape": tensor.wire_shape(),
             });
             if request.binary(name) {
                 let raw = tensor_to_raw(tensor);

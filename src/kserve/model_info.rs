@@ -46,17 +46,9 @@ pub fn metadata(
     let (_, scheduler) = catalog.resolve(name, version)?;
     let signature = scheduler.model().signature();
     let versions = catalog
-        .models
-        .get(name)
-        .map(|entry| {
-            entry
-                .versions
-                .iter()
-                .filter(|(_, slot)| matches!(slot, Slot::Ready(_)))
-                .map(|(v, _)| v.to_string())
-                .collect()
-        })
-        .unwrap_or_default();
+        .ready_versions(name)
+        .map(|v| v.to_string())
+        .collect();
     Ok(pb::ModelMetadataResponse {
         name: name.to_string(),
         versions,
