@@ -12,6 +12,7 @@ pub mod infer;
 pub mod kserve;
 pub mod middleware;
 pub mod model;
+pub mod onnx_ml;
 pub mod proto;
 pub mod registry;
 pub mod repository;

@@ -194,7 +194,7 @@ type Decluttered = (TypedModel, Symbol, Vec<Option<String>>);
 /// Parses the ONNX file, types it with symbolic unknown dimensions and declutters it. ONNX
 /// output names live on the inference graph's outlets and are carried over by hand.
 fn decluttered_model(path: &Path) -> tract_onnx::prelude::TractResult<Decluttered> {
-    let mut graph = tract_onnx::onnx().model_for_path(path)?;
+    let mut graph = crate::onnx_ml::onnx().model_for_path(path)?;
     let batch = graph.sym(BATCH_SYMBOL);
     for ix in 0..graph.input_outlets()?.len() {
         let mut fact: InferenceFact = graph.input_fact(ix)?.clone();

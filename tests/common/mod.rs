@@ -167,7 +167,8 @@ pub fn typed(t: &RefTensor) -> pb::Tensor {
         shape: t.shape.clone(),
         ..Default::default()
     };
-    let f = |v: &serde_json::Value| v.as_f64().unwrap();
+    // Reference files write NaN as null.
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     let i = |v: &serde_json::Value| v.as_i64().unwrap();
     match t.dtype.as_str() {
         "FP32" => out.float_values = t.data.iter().map(|v| f(v) as f32).collect(),
@@ -175,6 +176,13 @@ pub fn typed(t: &RefTensor) -> pb::Tensor {
         "INT64" => out.int64_values = t.data.iter().map(i).collect(),
         "INT32" => out.int32_values = t.data.iter().map(|v| i(v) as i32).collect(),
         "BOOL" => out.bool_values = t.data.iter().map(|v| v.as_bool().unwrap()).collect(),
+        "STRING" => {
+            out.string_values = t
+                .data
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        }
         other => panic!("reference dtype {other} not handled by the test"),
     }
     out

@@ -1,0 +1,783 @@
+//! A tree ensemble compiled once, at load, into flat arrays for fast evaluation.
+//!
+//! Layout (measured against alternatives in `benches/onnx_ml.rs`, see docs/PERFORMANCE.md):
+//! - Every node is 12 bytes (16 for f64 thresholds): threshold, feature plus flags, and the slot
+//!   of its children. Children are stored side by side (true child at `next`, false child at
+//!   `next + 1`), trees breadth-first, so the top levels of a tree share cache lines and the step
+//!   to a child is one add of the comparison's outcome: no branch to mispredict.
+//! - Comparison modes are normalised at load: GTE, GT and NEQ become LT, LEQ and EQ with their
+//!   children swapped, and what a NaN does (go true or false) is one flag per node. A forest
+//!   whose nodes share one mode (the usual case) runs a loop specialised for that mode, and the
+//!   NaN test is compiled out when no node needs it (NaN already compares false).
+//! - A leaf compares false against anything (its threshold is NaN) and its `next` points at the
+//!   slot before itself, so once reached it is never left. A block of rows then walks each tree
+//!   level by level for exactly the tree's depth, with no test for "is this a leaf": up to 16
+//!   independent walks in flight keep the core busy while each waits on memory. Trees much
+//!   deeper than their typical path (leaf-wise boosting) walk until the leaf instead.
+//! - Leaf weights are stored by shape: one weight per leaf, a dense row per leaf (random forest
+//!   classifiers), or sparse lists.
+//! - Sums run in the threshold type, tree by tree in the model's order, as onnxruntime's do.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+
+use tract_onnx::tract_hir::internal::*;
+
+/// The number type of thresholds and sums: f32, or f64 for models that give doubles.
+pub(crate) trait Value:
+    Copy + PartialOrd + Debug + Send + Sync + 'static + Datum + std::ops::Add<Output = Self>
+{
+    const ZERO: Self;
+    const NAN: Self;
+    fn from_f64(v: f64) -> Self;
+    fn is_nan(self) -> bool;
+}
+
+impl Value for f32 {
+    const ZERO: Self = 0.0;
+    const NAN: Self = f32::NAN;
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+}
+
+impl Value for f64 {
+    const ZERO: Self = 0.0;
+    const NAN: Self = f64::NAN;
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+}
+
+/// A node's comparison, as ONNX names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Leq,
+    Lt,
+    Gte,
+    Gt,
+    Eq,
+    Neq,
+}
+
+impl Mode {
+    /// `None` is a leaf.
+    pub(crate) fn parse(name: &str) -> TractResult<Option<Mode>> {
+        Ok(Some(match name {
+            "BRANCH_LEQ" => Mode::Leq,
+            "BRANCH_LT" => Mode::Lt,
+            "BRANCH_GTE" => Mode::Gte,
+            "BRANCH_GT" => Mode::Gt,
+            "BRANCH_EQ" => Mode::Eq,
+            "BRANCH_NEQ" => Mode::Neq,
+            "LEAF" => return Ok(None),
+            other => bail!("unknown node mode {other}"),
+        }))
+    }
+}
+
+/// How a forest's scores are combined across trees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Aggregate {
+    Sum,
+    Average,
+    Min,
+    Max,
+}
+
+impl Aggregate {
+    pub(crate) fn parse(name: Option<&str>) -> TractResult<Aggregate> {
+        Ok(match name.unwrap_or("SUM") {
+            "SUM" => Aggregate::Sum,
+            "AVERAGE" => Aggregate::Average,
+            "MIN" => Aggregate::Min,
+            "MAX" => Aggregate::Max,
+            other => bail!("unknown aggregate_function {other}"),
+        })
+    }
+}
+
+/// One node as the ONNX attributes describe it.
+#[derive(Debug, Clone)]
+pub(crate) struct SourceNode {
+    pub tree: i64,
+    pub id: i64,
+    pub feature: usize,
+    pub value: f64,
+    /// `None` for a leaf.
+    pub mode: Option<Mode>,
+    pub true_id: i64,
+    pub false_id: i64,
+    pub nan_goes_true: bool,
+}
+
+/// One leaf weight as the ONNX attributes describe it.
+#[derive(Debug, Clone)]
+pub(crate) struct SourceWeight {
+    pub tree: i64,
+    pub node: i64,
+    pub target: usize,
+    pub weight: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct Node<T> {
+    value: T,
+    meta: u32,
+    next: u32,
+}
+
+const FEATURE_MASK: u32 = (1 << 28) - 1;
+const MODE_SHIFT: u32 = 28;
+const MODE_LEQ: u32 = 0;
+const MODE_LT: u32 = 1;
+const MODE_EQ: u32 = 2;
+const NAN_TRUE: u32 = 1 << 30;
+const LEAF: u32 = 1 << 31;
+
+/// Rows walked together through one tree.
+const BLOCK: usize = 16;
+/// A tree deeper than this, and much deeper than its average leaf, is walked until the leaf
+/// instead of for its full depth.
+const LEVEL_WALK_MAX_DEPTH: u32 = 12;
+
+#[derive(Debug, Clone, Copy)]
+struct Tree {
+    root: u32,
+    depth: u32,
+    level_walk: bool,
+}
+
+#[derive(Debug)]
+enum Leaves<T> {
+    /// One weight per leaf.
+    Single { target: Vec<u32>, weight: Vec<T> },
+    /// A weight for every target, per leaf, in target order.
+    Dense { weights: Vec<T> },
+    /// Any number of weights per leaf: leaf `l` owns `offsets[l]..offsets[l + 1]`.
+    Sparse {
+        offsets: Vec<u32>,
+        target: Vec<u32>,
+        weight: Vec<T>,
+    },
+}
+
+/// A compiled tree ensemble.
+#[derive(Debug)]
+pub(crate) struct Forest<T> {
+    nodes: Vec<Node<T>>,
+    /// The leaf number of each slot (meaningful at leaves only).
+    leaf_of: Vec<u32>,
+    trees: Vec<Tree>,
+    leaves: Leaves<T>,
+    targets: usize,
+    /// One more than the largest feature index any node reads.
+    features: usize,
+    /// The one comparison mode every node uses, if they share one.
+    mode: Option<u32>,
+    /// Whether any node sends NaN to its true branch.
+    nan_flags: bool,
+    /// Which targets any leaf gives a weight to.
+    has_target: Vec<bool>,
+    aggregate: Aggregate,
+}
+
+impl<T: Value> Forest<T> {
+    /// Compiles nodes and weights. Trees are taken in the order their first node appears.
+    pub(crate) fn build(
+        nodes: &[SourceNode],
+        weights: &[SourceWeight],
+        targets: usize,
+        aggregate: Aggregate,
+    ) -> TractResult<Forest<T>> {
+        ensure!(!nodes.is_empty(), "the ensemble has no nodes");
+        let mut index: HashMap<(i64, i64), usize> = HashMap::with_capacity(nodes.len());
+        let mut tree_order: Vec<i64> = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            if index.insert((n.tree, n.id), i).is_some() {
+                bail!("node {} of tree {} is defined twice", n.id, n.tree);
+            }
+            if tree_order.last() != Some(&n.tree) && !tree_order.contains(&n.tree) {
+                tree_order.push(n.tree);
+            }
+        }
+        let mut leaf_weights: HashMap<(i64, i64), Vec<(u32, T)>> = HashMap::new();
+        for w in weights {
+            ensure!(
+                w.target < targets,
+                "a leaf weight is for target {} but there are {targets}",
+                w.target
+            );
+            ensure!(
+                index.contains_key(&(w.tree, w.node)),
+                "a leaf weight names node {} of tree {}, which does not exist",
+                w.node,
+                w.tree
+            );
+            leaf_weights
+                .entry((w.tree, w.node))
+                .or_default()
+                .push((w.target as u32, T::from_f64(w.weight)));
+        }
+        // Roots: nodes of a tree that no node of that tree points to.
+        let mut is_child = vec![false; nodes.len()];
+        for n in nodes.iter().filter(|n| n.mode.is_some()) {
+            for child in [n.true_id, n.false_id] {
+                let c = *index.get(&(n.tree, child)).ok_or_else(|| {
+                    format_err!(
+                        "node {} of tree {} points to missing node {child}",
+                        n.id,
+                        n.tree
+                    )
+                })?;
+                is_child[c] = true;
+            }
+        }
+        let mut roots: HashMap<i64, usize> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            if !is_child[i] && roots.insert(n.tree, i).is_some() {
+                bail!("tree {} has more than one root", n.tree);
+            }
+        }
+
+        // Slot 0 is a placeholder, so that a leaf's `next` (its own slot minus one) never wraps.
+        let mut out: Vec<Node<T>> = vec![Node {
+            value: T::NAN,
+            meta: LEAF,
+            next: 0,
+        }];
+        let mut leaf_of: Vec<u32> = vec![0];
+        let mut per_leaf: Vec<Vec<(u32, T)>> = Vec::new();
+        let mut trees = Vec::with_capacity(tree_order.len());
+        // The slot each node was laid out at. Exporters may point two nodes at one child (a
+        // DAG: LightGBM's categorical splits); the later parents get a copy of that child's node
+        // in their own pair of slots, which steps to the same children, so no subtree is copied.
+        let mut placed: Vec<Option<u32>> = vec![None; nodes.len()];
+        let mut aliases: Vec<(u32, usize)> = Vec::new();
+        let mut modes_used = [false; 3];
+        let mut nan_flags = false;
+        let mut features = 0usize;
+        let mut depth_of: Vec<Option<u32>> = vec![None; nodes.len()];
+        for tree in &tree_order {
+            let root = *roots
+                .get(tree)
+                .ok_or_else(|| format_err!("tree {tree} has no root (its nodes form a cycle)"))?;
+            let depth = longest_path(nodes, &index, root, &mut depth_of)?;
+            let root_slot = out.len() as u32;
+            out.push(Node {
+                value: T::NAN,
+                meta: LEAF,
+                next: 0,
+            });
+            leaf_of.push(0);
+            placed[root] = Some(root_slot);
+            let mut queue = std::collections::VecDeque::from([(root, root_slot, 0u32)]);
+            let (mut leaf_depths, mut leaf_count) = (0u64, 0u64);
+            while let Some((src, slot, level)) = queue.pop_front() {
+                let n = &nodes[src];
+                match n.mode {
+                    None => {
+                        let leaf = per_leaf.len() as u32;
+                        per_leaf.push(leaf_weights.remove(&(n.tree, n.id)).unwrap_or_default());
+                        out[slot as usize] = Node {
+                            value: T::NAN,
+                            meta: LEAF,
+                            next: slot - 1,
+                        };
+                        leaf_of[slot as usize] = leaf;
+                        leaf_depths += u64::from(level);
+                        leaf_count += 1;
+                    }
+                    Some(mode) => {
+                        ensure!(
+                            n.feature < FEATURE_MASK as usize,
+                            "feature index {} is too large",
+                            n.feature
+                        );
+                        features = features.max(n.feature + 1);
+                        let (code, swap, nan_true) = match mode {
+                            Mode::Leq => (MODE_LEQ, false, n.nan_goes_true),
+                            Mode::Lt => (MODE_LT, false, n.nan_goes_true),
+                            Mode::Eq => (MODE_EQ, false, n.nan_goes_true),
+                            // x >= t is not (x < t) for every number; NaN keeps its own branch.
+                            Mode::Gte => (MODE_LT, true, !n.nan_goes_true),
+                            Mode::Gt => (MODE_LEQ, true, !n.nan_goes_true),
+                            // NaN != t is true, so NaN goes to NEQ's true branch: EQ's false one.
+                            Mode::Neq => (MODE_EQ, true, false),
+                        };
+                        modes_used[code as usize] = true;
+                        nan_flags |= nan_true;
+                        let next = out.len() as u32;
+                        ensure!(next < u32::MAX - 2, "the ensemble has too many nodes");
+                        let (t, f) = (index[&(n.tree, n.true_id)], index[&(n.tree, n.false_id)]);
+                        let (first, second) = if swap { (f, t) } else { (t, f) };
+                        out.extend(
+                            [Node {
+                                value: T::NAN,
+                                meta: LEAF,
+                                next: 0,
+                            }; 2],
+                        );
+                        leaf_of.extend([0, 0]);
+                        out[slot as usize] = Node {
+                            value: T::from_f64(n.value),
+                            meta: n.feature as u32
+                                | (code << MODE_SHIFT)
+                                | if nan_true { NAN_TRUE } else { 0 },
+                            next,
+                        };
+                        for (child, child_slot) in [(first, next), (second, next + 1)] {
+                            if placed[child].is_some() {
+                                aliases.push((child_slot, child));
+                            } else {
+                                placed[child] = Some(child_slot);
+                                queue.push_back((child, child_slot, level + 1));
+                            }
+                        }
+                    }
+                }
+            }
+            let average = leaf_depths.checked_div(leaf_count).unwrap_or(0) as u32;
+            let level_walk = depth <= LEVEL_WALK_MAX_DEPTH || depth <= average + average / 2;
+            trees.push(Tree {
+                root: root_slot,
+                depth,
+                level_walk,
+            });
+        }
+        for (slot, child) in aliases {
+            let primary = placed[child].unwrap_or(0) as usize;
+            let mut copy = out[primary];
+            if copy.meta & LEAF != 0 {
+                copy.next = slot - 1;
+                leaf_of[slot as usize] = leaf_of[primary];
+            }
+            out[slot as usize] = copy;
+        }
+        if let Some(orphan) = placed.iter().position(Option::is_none) {
+            bail!(
+                "node {} of tree {} is not reachable from its root",
+                nodes[orphan].id,
+                nodes[orphan].tree
+            );
+        }
+        let mut has_target = vec![false; targets];
+        for w in per_leaf.iter().flatten() {
+            has_target[w.0 as usize] = true;
+        }
+        let mode = match modes_used {
+            [true, false, false] => Some(MODE_LEQ),
+            [false, true, false] => Some(MODE_LT),
+            [false, false, true] => Some(MODE_EQ),
+            [false, false, false] => Some(MODE_LEQ), // only leaves
+            _ => None,
+        };
+        Ok(Forest {
+            nodes: out,
+            leaf_of,
+            trees,
+            leaves: Self::pack_leaves(per_leaf, targets),
+            targets,
+            features,
+            mode,
+            nan_flags,
+            has_target,
+            aggregate,
+        })
+    }
+
+    fn pack_leaves(per_leaf: Vec<Vec<(u32, T)>>, targets: usize) -> Leaves<T> {
+        if per_leaf.iter().all(|w| w.len() == 1) {
+            return Leaves::Single {
+                target: per_leaf.iter().map(|w| w[0].0).collect(),
+                weight: per_leaf.iter().map(|w| w[0].1).collect(),
+            };
+        }
+        let dense = per_leaf.iter().all(|w| {
+            let mut seen = vec![false; targets];
+            w.len() == targets
+                && w.iter()
+                    .all(|(t, _)| !std::mem::replace(&mut seen[*t as usize], true))
+        });
+        if dense {
+            let mut weights = vec![T::ZERO; per_leaf.len() * targets];
+            for (l, w) in per_leaf.iter().enumerate() {
+                for &(t, v) in w {
+                    weights[l * targets + t as usize] = v;
+                }
+            }
+            return Leaves::Dense { weights };
+        }
+        let mut offsets = Vec::with_capacity(per_leaf.len() + 1);
+        let (mut target, mut weight) = (Vec::new(), Vec::new());
+        offsets.push(0);
+        for w in &per_leaf {
+            target.extend(w.iter().map(|p| p.0));
+            weight.extend(w.iter().map(|p| p.1));
+            offsets.push(target.len() as u32);
+        }
+        Leaves::Sparse {
+            offsets,
+            target,
+            weight,
+        }
+    }
+
+    pub(crate) fn trees(&self) -> usize {
+        self.trees.len()
+    }
+
+    pub(crate) fn targets(&self) -> usize {
+        self.targets
+    }
+
+    /// The number of features a row must have at least.
+    pub(crate) fn features(&self) -> usize {
+        self.features
+    }
+
+    pub(crate) fn has_target(&self) -> &[bool] {
+        &self.has_target
+    }
+
+    pub(crate) fn aggregate(&self) -> Aggregate {
+        self.aggregate
+    }
+
+    /// Aggregated raw scores, `rows x targets`, before base values: sums (for SUM and
+    /// AVERAGE, not yet divided) or minima/maxima, plus for MIN and MAX whether each target of
+    /// each row got any value.
+    pub(crate) fn scores(
+        &self,
+        x: &[T],
+        rows: usize,
+        width: usize,
+    ) -> TractResult<(Vec<T>, Vec<bool>)> {
+        ensure!(
+            width >= self.features,
+            "the trees read feature {} but rows have {width} features",
+            self.features - 1
+        );
+        ensure!(
+            x.len() >= rows * width,
+            "input is shorter than {rows} rows of {width}"
+        );
+        let targets = self.targets;
+        let mut out = vec![T::ZERO; rows * targets];
+        match self.aggregate {
+            Aggregate::Sum | Aggregate::Average => {
+                self.walk(x, rows, width, |row, leaf| {
+                    self.add_leaf(&mut out[row * targets..], leaf)
+                });
+                Ok((out, Vec::new()))
+            }
+            Aggregate::Min | Aggregate::Max => {
+                let mut has = vec![false; rows * targets];
+                let min = self.aggregate == Aggregate::Min;
+                self.walk(x, rows, width, |row, leaf| {
+                    self.for_each_weight(leaf, |t, w| {
+                        let i = row * targets + t;
+                        let better = if min { w < out[i] } else { w > out[i] };
+                        if !has[i] || better {
+                            out[i] = w;
+                            has[i] = true;
+                        }
+                    })
+                });
+                Ok((out, has))
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn add_leaf(&self, scores: &mut [T], leaf: usize) {
+        match &self.leaves {
+            Leaves::Single { target, weight } => {
+                let t = target[leaf] as usize;
+                scores[t] = scores[t] + weight[leaf];
+            }
+            Leaves::Dense { weights } => {
+                let row = &weights[leaf * self.targets..(leaf + 1) * self.targets];
+                for (s, w) in scores[..self.targets].iter_mut().zip(row) {
+                    *s = *s + *w;
+                }
+            }
+            Leaves::Sparse { .. } => self.for_each_weight(leaf, |t, w| scores[t] = scores[t] + w),
+        }
+    }
+
+    #[inline(always)]
+    fn for_each_weight(&self, leaf: usize, mut f: impl FnMut(usize, T)) {
+        match &self.leaves {
+            Leaves::Single { target, weight } => f(target[leaf] as usize, weight[leaf]),
+            Leaves::Dense { weights } => {
+                for (t, w) in weights[leaf * self.targets..(leaf + 1) * self.targets]
+                    .iter()
+                    .enumerate()
+                {
+                    f(t, *w)
+                }
+            }
+            Leaves::Sparse {
+                offsets,
+                target,
+                weight,
+            } => {
+                for i in offsets[leaf] as usize..offsets[leaf + 1] as usize {
+                    f(target[i] as usize, weight[i])
+                }
+            }
+        }
+    }
+
+    /// Calls `on_leaf(row, leaf)` for every row and tree, trees in order for each row.
+    fn walk(&self, x: &[T], rows: usize, width: usize, on_leaf: impl FnMut(usize, usize)) {
+        match (self.mode, self.nan_flags) {
+            (Some(MODE_LEQ), false) => {
+                self.walk_with::<{ MODE_LEQ }, false>(x, rows, width, on_leaf)
+            }
+            (Some(MODE_LEQ), true) => self.walk_with::<{ MODE_LEQ }, true>(x, rows, width, on_leaf),
+            (Some(MODE_LT), false) => self.walk_with::<{ MODE_LT }, false>(x, rows, width, on_leaf),
+            (Some(MODE_LT), true) => self.walk_with::<{ MODE_LT }, true>(x, rows, width, on_leaf),
+            (_, nan) => {
+                if nan {
+                    self.walk_with::<MIXED, true>(x, rows, width, on_leaf)
+                } else {
+                    self.walk_with::<MIXED, false>(x, rows, width, on_leaf)
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn walk_with<const MODE: u32, const NAN: bool>(
+        &self,
+        x: &[T],
+        rows: usize,
+        width: usize,
+        mut on_leaf: impl FnMut(usize, usize),
+    ) {
+        let nodes = &self.nodes[..];
+        let step = |slot: u32, row: &[T]| -> u32 {
+            let n = &nodes[slot as usize];
+            let v = row[(n.meta & FEATURE_MASK) as usize];
+            n.next + u32::from(!goes_true::<T, MODE, NAN>(v, n))
+        };
+        let mut start = 0;
+        while start < rows {
+            let block = BLOCK.min(rows - start);
+            let xs = &x[start * width..(start + block) * width];
+            for tree in &self.trees {
+                let mut slots = [tree.root; BLOCK];
+                if tree.level_walk {
+                    for _ in 0..tree.depth {
+                        for (r, slot) in slots[..block].iter_mut().enumerate() {
+                            *slot = step(*slot, &xs[r * width..(r + 1) * width]);
+                        }
+                    }
+                } else {
+                    for (r, slot) in slots[..block].iter_mut().enumerate() {
+                        let row = &xs[r * width..(r + 1) * width];
+                        while nodes[*slot as usize].meta & LEAF == 0 {
+                            *slot = step(*slot, row);
+                        }
+                    }
+                }
+                for (r, slot) in slots[..block].iter().enumerate() {
+                    on_leaf(start + r, self.leaf_of[*slot as usize] as usize);
+                }
+            }
+            start += block;
+        }
+    }
+}
+
+/// The number of steps from `node` to its deepest leaf, memoised in `depth_of`; a cycle is an
+/// error (a node on the current path is marked with `u32::MAX` while its children are explored).
+fn longest_path(
+    nodes: &[SourceNode],
+    index: &HashMap<(i64, i64), usize>,
+    node: usize,
+    depth_of: &mut [Option<u32>],
+) -> TractResult<u32> {
+    match depth_of[node] {
+        Some(u32::MAX) => bail!(
+            "tree {} has a cycle through node {}",
+            nodes[node].tree,
+            nodes[node].id
+        ),
+        Some(d) => return Ok(d),
+        None => {}
+    }
+    let n = &nodes[node];
+    let depth = if n.mode.is_none() {
+        0
+    } else {
+        depth_of[node] = Some(u32::MAX);
+        let t = longest_path(nodes, index, index[&(n.tree, n.true_id)], depth_of)?;
+        let f = longest_path(nodes, index, index[&(n.tree, n.false_id)], depth_of)?;
+        1 + t.max(f)
+    };
+    depth_of[node] = Some(depth);
+    Ok(depth)
+}
+
+/// Marks the loop that reads each node's own mode.
+const MIXED: u32 = 3;
+
+#[inline(always)]
+fn goes_true<T: Value, const MODE: u32, const NAN: bool>(v: T, n: &Node<T>) -> bool {
+    let mode = if MODE == MIXED {
+        (n.meta >> MODE_SHIFT) & 3
+    } else {
+        MODE
+    };
+    let cmp = match mode {
+        MODE_LEQ => v <= n.value,
+        MODE_LT => v < n.value,
+        _ => v == n.value,
+    };
+    if NAN {
+        cmp | ((n.meta & NAN_TRUE != 0) & v.is_nan())
+    } else {
+        cmp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: i64, feature: usize, value: f64, mode: &str, t: i64, f: i64) -> SourceNode {
+        SourceNode {
+            tree: 0,
+            id,
+            feature,
+            value,
+            mode: Mode::parse(mode).unwrap(),
+            true_id: t,
+            false_id: f,
+            nan_goes_true: false,
+        }
+    }
+
+    fn leaf(id: i64) -> SourceNode {
+        node(id, 0, 0.0, "LEAF", 0, 0)
+    }
+
+    fn weight(node: i64, w: f64) -> SourceWeight {
+        SourceWeight {
+            tree: 0,
+            node,
+            target: 0,
+            weight: w,
+        }
+    }
+
+    fn one_split(mode: &str, nan_goes_true: bool) -> Forest<f32> {
+        let mut root = node(0, 0, 1.0, mode, 1, 2);
+        root.nan_goes_true = nan_goes_true;
+        Forest::build(
+            &[root, leaf(1), leaf(2)],
+            &[weight(1, 10.0), weight(2, 20.0)],
+            1,
+            Aggregate::Sum,
+        )
+        .unwrap()
+    }
+
+    fn score(f: &Forest<f32>, x: f32) -> f32 {
+        f.scores(&[x], 1, 1).unwrap().0[0]
+    }
+
+    #[test]
+    fn every_mode_sends_values_and_nan_where_onnx_says() {
+        // (mode, [x = 0, 1, 2, NaN] -> true branch?) without missing-value tracking.
+        let table = [
+            ("BRANCH_LEQ", [true, true, false, false]),
+            ("BRANCH_LT", [true, false, false, false]),
+            ("BRANCH_GTE", [false, true, true, false]),
+            ("BRANCH_GT", [false, false, true, false]),
+            ("BRANCH_EQ", [false, true, false, false]),
+            ("BRANCH_NEQ", [true, false, true, true]),
+        ];
+        for (mode, expected) in table {
+            let forest = one_split(mode, false);
+            for (x, goes_true) in [0.0, 1.0, 2.0, f32::NAN].into_iter().zip(expected) {
+                let want = if goes_true { 10.0 } else { 20.0 };
+                assert_eq!(score(&forest, x), want, "{mode} at {x}");
+            }
+            // Tracking missing values sends NaN to the true branch, whatever the mode.
+            assert_eq!(
+                score(&one_split(mode, true), f32::NAN),
+                10.0,
+                "{mode} tracking NaN"
+            );
+        }
+    }
+
+    #[test]
+    fn deep_unbalanced_trees_walk_to_their_leaf() {
+        // A chain: node i tests x <= i, true goes to leaf, false to node i+1; 40 levels deep.
+        let depth = 40;
+        let mut nodes = Vec::new();
+        let mut weights = Vec::new();
+        for i in 0..depth {
+            nodes.push(node(2 * i, 0, i as f64, "BRANCH_LEQ", 2 * i + 1, 2 * i + 2));
+            nodes.push(leaf(2 * i + 1));
+            weights.push(weight(2 * i + 1, i as f64));
+        }
+        nodes.push(leaf(2 * depth));
+        weights.push(weight(2 * depth, -1.0));
+        let forest: Forest<f32> = Forest::build(&nodes, &weights, 1, Aggregate::Sum).unwrap();
+        assert!(!forest.trees[0].level_walk);
+        for x in [0.0f32, 3.5, 39.0, 100.0] {
+            let want = if x > 39.0 { -1.0 } else { x.ceil() };
+            assert_eq!(score(&forest, x), want, "at {x}");
+        }
+    }
+
+    #[test]
+    fn children_shared_by_two_parents_are_followed() {
+        // x == 1 or x == 2 goes to leaf 3 (shared), anything else to leaf 4.
+        let nodes = [
+            node(0, 0, 1.0, "BRANCH_EQ", 3, 1),
+            node(1, 0, 2.0, "BRANCH_EQ", 3, 4),
+            leaf(3),
+            leaf(4),
+        ];
+        let forest: Forest<f32> = Forest::build(
+            &nodes,
+            &[weight(3, 7.0), weight(4, -7.0)],
+            1,
+            Aggregate::Sum,
+        )
+        .unwrap();
+        for (x, want) in [(1.0, 7.0), (2.0, 7.0), (3.0, -7.0), (f32::NAN, -7.0)] {
+            assert_eq!(score(&forest, x), want, "at {x}");
+        }
+    }
+
+    #[test]
+    fn malformed_trees_are_refused() {
+        let missing_child = [node(0, 0, 1.0, "BRANCH_LEQ", 1, 7), leaf(1)];
+        assert!(Forest::<f32>::build(&missing_child, &[], 1, Aggregate::Sum).is_err());
+        let cycle = [
+            node(0, 0, 1.0, "BRANCH_LEQ", 1, 1),
+            node(1, 0, 1.0, "BRANCH_LEQ", 0, 0),
+        ];
+        assert!(Forest::<f32>::build(&cycle, &[], 1, Aggregate::Sum).is_err());
+        let forest = one_split("BRANCH_LEQ", false);
+        assert!(
+            forest.scores(&[], 1, 0).is_err(),
+            "rows narrower than the features read"
+        );
+    }
+}
