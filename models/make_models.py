@@ -73,8 +73,8 @@ import skl2onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from skl2onnx import convert_sklearn  # noqa: E402
 from skl2onnx.common.data_types import FloatTensorType  # noqa: E402
-from sklearn.datasets import load_diabetes, load_digits, load_wine  # noqa: E402
-from sklearn.ensemble import RandomForestClassifier  # noqa: E402
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine  # noqa: E402
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.linear_model import LinearRegression  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
@@ -300,6 +300,40 @@ def make_wine_forest():
     if label.dtype != np.int64 or proba.dtype != np.float32:
         fail(f"{name}: output dtypes {label.dtype}, {proba.dtype}")
 
+    write_reference(name, path, {"X": X_te[:N_REF]})
+    describe(name, path, f"test accuracy {acc:.4f} ({len(y_te)} rows), max |p err| {err:.2g}")
+
+
+def make_cancer_boosted():
+    name = "cancer_boosted"
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X.astype(np.float32)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
+    clf = GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0)
+    clf.fit(X_tr, y_tr)
+    acc = clf.score(X_te, y_te)
+
+    onx = convert_sklearn(
+        clf,
+        initial_types=[("X", FloatTensorType([None, 30]))],
+        options={id(clf): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": 3},
+    )
+    onx.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    for o in onx.graph.output:
+        o.type.tensor_type.shape.dim[0].dim_param = "N"
+    onx.doc_string = ""
+    onx.graph.name = name
+    ops = {(n.domain, n.op_type) for n in onx.graph.node}
+    if ("ai.onnx.ml", "TreeEnsembleClassifier") not in ops:
+        fail(f"{name}: expected ai.onnx.ml TreeEnsembleClassifier, got {sorted(ops)}")
+    print(f"{name}: ops = {sorted(ops)}, tree node modes = {sorted(tree_modes(onx))}")
+    path = save_model(name, onx)
+
+    sess = session(path)
+    label, proba = sess.run(["label", "probabilities"], {"X": X_te})
+    check_equal(f"{name} label", label, clf.predict(X_te))
+    err = check_close(f"{name} probabilities", proba, clf.predict_proba(X_te), atol=1e-5)
     write_reference(name, path, {"X": X_te[:N_REF]})
     describe(name, path, f"test accuracy {acc:.4f} ({len(y_te)} rows), max |p err| {err:.2g}")
 
@@ -576,6 +610,7 @@ def main():
           f"skl2onnx {skl2onnx.__version__}, onnx {onnx.__version__}, "
           f"onnxruntime {ort.__version__}")
     make_wine_forest()
+    make_cancer_boosted()
     make_digits_mlp()
     make_digits_cnn()
     make_diabetes_linear()

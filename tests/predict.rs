@@ -15,8 +15,8 @@ async fn every_bundled_model_matches_onnxruntime_typed_and_raw() {
     let mut client = server.client();
     let refs = references(&bundled_models());
     assert!(
-        refs.len() >= 4,
-        "expected the four bundled references, found {}",
+        refs.len() >= 5,
+        "expected the five bundled references, found {}",
         refs.len()
     );
     for reference in &refs {
@@ -144,7 +144,13 @@ async fn list_models_and_metadata_describe_the_repository() {
     let names: Vec<&str> = list.models.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(
         names,
-        vec!["diabetes_linear", "digits_cnn", "digits_mlp", "wine_forest"]
+        vec![
+            "cancer_boosted",
+            "diabetes_linear",
+            "digits_cnn",
+            "digits_mlp",
+            "wine_forest"
+        ]
     );
     for model in &list.models {
         assert_eq!(model.versions.len(), 1, "{}", model.name);

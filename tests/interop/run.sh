@@ -236,8 +236,8 @@ bundled() {
         "$PY" tests/interop/check.py v1-descriptor "$PROTO" "message Tensor" "$TMP/v1-tensor.json"
 
     gc "$ADDR1" "$SERVICE/ListModels" >"$TMP/list.json" || true
-    check "ListModels lists the four bundled models READY" "$PY" tests/interop/check.py list-models \
-        "$TMP/list.json" diabetes_linear=1 digits_cnn=1 digits_mlp=1 wine_forest=1
+    check "ListModels lists the five bundled models READY" "$PY" tests/interop/check.py list-models \
+        "$TMP/list.json" cancer_boosted=1 diabetes_linear=1 digits_cnn=1 digits_mlp=1 wine_forest=1
     gc -d '{"model": "wine_forest"}' "$ADDR1" "$SERVICE/GetModelMetadata" >"$TMP/meta.json" || true
     check "GetModelMetadata wine_forest: X has shape [-1, 13]" \
         "$PY" tests/interop/check.py metadata "$TMP/meta.json" X -1,13
@@ -333,8 +333,9 @@ unseen() {
     serve "$repo" "$TMP/server-unseen.log" "the never-seen models" || return 0
     local ADDR2=$ADDR HTTP2=$HTTP
     gc "$ADDR2" "$SERVICE/ListModels" >"$TMP/unseen-list.json" || true
-    check "ListModels: iris_tree versions 3 and 1, pair_dot and tiny_cnn READY" \
-        "$PY" tests/interop/check.py list-models "$TMP/unseen-list.json" iris_tree=3,1 pair_dot=1 tiny_cnn=1
+    check "ListModels: iris_tree versions 3 and 1, pair_dot, tiny_cnn, sugar_boost and wine_svc READY" \
+        "$PY" tests/interop/check.py list-models "$TMP/unseen-list.json" iris_tree=3,1 pair_dot=1 tiny_cnn=1 \
+        sugar_boost=1 wine_svc=1
     gc -d '{"model": "tiny_cnn"}' "$ADDR2" "$SERVICE/GetModelMetadata" >"$TMP/unseen-meta.json" || true
     check "GetModelMetadata tiny_cnn: pixels has shape [-1, 3, 16, 16]" \
         "$PY" tests/interop/check.py metadata "$TMP/unseen-meta.json" pixels -1,3,16,16

@@ -8,6 +8,10 @@ Creates, deterministically (fixed seeds):
   tiny_cnn/1/model.onnx   onnx.helper graph: `pixels` FP32 [batch, 3, 16, 16] -> Conv(3->8, 3x3,
       pad 1) -> Relu -> MaxPool 2x2 -> Flatten -> Gemm(512->5) -> Softmax -> `scores` [batch, 5].
   pair_dot/1/model.onnx   inputs `a`, `b` FP32 [n, 3] -> `sum` = ReduceSum(a*b, axis 1) [n].
+  sugar_boost/1/model.onnx   GradientBoostingRegressor on diabetes via skl2onnx
+      (TreeEnsembleRegressor, which tract itself cannot load), input `x` FP32 [None, 10].
+  wine_svc/1/model.onnx   make_pipeline(StandardScaler(), SVC(probability=True)) on wine via
+      skl2onnx, zipmap off (Scaler, SVMClassifier), input `x` FP32 [None, 13].
 and OUT_DIR/<name>/reference.json for each, in the format of models/*/reference.json.
 """
 
@@ -22,7 +26,11 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
-from sklearn.datasets import load_iris
+from sklearn.datasets import load_diabetes, load_iris, load_wine
+from sklearn.ensemble import GradientBoostingRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
 DTYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32"}
@@ -126,12 +134,34 @@ def pair_dot(out):
     write(out, "pair_dot", [1], model, {"a": a, "b": b})
 
 
+def sugar_boost(out):
+    x, y = load_diabetes(return_X_y=True)
+    x = x.astype(np.float32)
+    boost = GradientBoostingRegressor(n_estimators=60, max_depth=4, random_state=3).fit(x[:400], y[:400])
+    model = to_onnx(boost, initial_types=[("x", FloatTensorType([None, 10]))])
+    write(out, "sugar_boost", [1], model, {"x": x[400:406]})
+
+
+def wine_svc(out):
+    x, y = load_wine(return_X_y=True)
+    x = x.astype(np.float32)
+    pipe = make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)).fit(x[::2], y[::2])
+    model = to_onnx(
+        pipe,
+        initial_types=[("x", FloatTensorType([None, 13]))],
+        options={id(pipe.steps[-1][1]): {"zipmap": False}},
+    )
+    write(out, "wine_svc", [1], model, {"x": x[1::30]})
+
+
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     iris_tree(out)
     tiny_cnn(out)
     pair_dot(out)
+    sugar_boost(out)
+    wine_svc(out)
 
 
 if __name__ == "__main__":
