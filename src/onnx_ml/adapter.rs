@@ -125,6 +125,29 @@ pub(crate) fn rows_and_width_of(op: &str, shape: &[usize]) -> TractResult<(usize
     }
 }
 
+/// The row count of a `[N, F]` input that must have exactly `features` columns (checked when
+/// the width is known at load).
+pub(crate) fn rows_of_width(op: &str, fact: &TypedFact, features: usize) -> TractResult<TDim> {
+    let (rows, width) = rows_and_width(op, fact)?;
+    if let Ok(width) = width.to_usize() {
+        ensure!(
+            width == features,
+            "{op} expects {features} features, its input has {width}"
+        );
+    }
+    Ok(rows)
+}
+
+/// The row count of a concrete `[N, F]` input that must have exactly `features` columns.
+pub(crate) fn rows_of_width_of(op: &str, shape: &[usize], features: usize) -> TractResult<usize> {
+    let (rows, width) = rows_and_width_of(op, shape)?;
+    ensure!(
+        width == features,
+        "{op} expects {features} features, got {width}"
+    );
+    Ok(rows)
+}
+
 /// An input as a flat slice of `T`, borrowed when it already has that type and converted
 /// otherwise (integers and the other float width).
 pub(crate) fn values_as<T: Datum + Copy>(value: &TValue) -> TractResult<std::borrow::Cow<'_, [T]>> {

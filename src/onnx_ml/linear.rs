@@ -5,7 +5,7 @@ use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use super::adapter::{Kernel, boxed, rows_and_width, rows_and_width_of, tensor_of, values_as};
+use super::adapter::{Kernel, boxed, rows_of_width, rows_of_width_of, tensor_of, values_as};
 use super::attrs::{Labels, Pick};
 use super::post::{Post, probit};
 
@@ -41,24 +41,12 @@ impl Affine {
     }
 
     fn check(&self, op: &str, fact: &TypedFact) -> TractResult<TDim> {
-        let (rows, width) = rows_and_width(op, fact)?;
-        if let Ok(width) = width.to_usize() {
-            ensure!(
-                width == self.features,
-                "{op} has coefficients for {} features but its input has {width}",
-                self.features
-            );
-        }
-        Ok(rows)
+        rows_of_width(op, fact, self.features)
     }
 
     fn apply(&self, op: &str, input: &TValue) -> TractResult<(usize, Vec<f32>)> {
-        let (rows, width) = rows_and_width_of(op, input.shape())?;
-        ensure!(
-            width == self.features,
-            "{op} expects {} features, got {width}",
-            self.features
-        );
+        let rows = rows_of_width_of(op, input.shape(), self.features)?;
+        let width = self.features;
         let x = values_as::<f32>(input)?;
         let mut out = Vec::with_capacity(rows * self.outputs);
         for row in x.chunks_exact(width.max(1)).take(rows) {

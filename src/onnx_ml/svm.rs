@@ -5,7 +5,7 @@ use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use super::adapter::{Kernel, boxed, rows_and_width, rows_and_width_of, tensor_of, values_as};
+use super::adapter::{Kernel, boxed, rows_of_width, rows_of_width_of, tensor_of, values_as};
 use super::attrs::{Labels, Pick};
 use super::linear::first_max;
 use super::post::{Post, logistic, probit};
@@ -118,17 +118,6 @@ fn tanh(v: f32) -> f32 {
     let v = v.clamp(-9.0, 9.0);
     let e = (2.0 * v).exp_m1();
     e / (e + 2.0)
-}
-
-fn check_width(op: &str, fact: &TypedFact, features: usize) -> TractResult<TDim> {
-    let (rows, width) = rows_and_width(op, fact)?;
-    if let Ok(width) = width.to_usize() {
-        ensure!(
-            width == features,
-            "{op} expects {features} features, its input has {width}"
-        );
-    }
-    Ok(rows)
 }
 
 pub(crate) fn classifier(
@@ -440,7 +429,7 @@ impl Kernel for SvmClassifier {
     }
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let rows = check_width(self.name(), inputs[0], self.features())?;
+        let rows = rows_of_width(self.name(), inputs[0], self.features())?;
         Ok(tvec!(
             self.labels.datum_type().fact([rows.clone()]),
             f32::fact([rows, self.columns().into()])
@@ -448,12 +437,8 @@ impl Kernel for SvmClassifier {
     }
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (rows, width) = rows_and_width_of(self.name(), inputs[0].shape())?;
-        ensure!(
-            width == self.features(),
-            "SVMClassifier expects {} features, got {width}",
-            self.features()
-        );
+        let rows = rows_of_width_of(self.name(), inputs[0].shape(), self.features())?;
+        let width = self.features();
         let x = values_as::<f32>(&inputs[0])?;
         let mut kernels = Vec::new();
         let mut scores = Vec::with_capacity(rows * self.columns());
@@ -535,17 +520,13 @@ impl Kernel for SvmRegressor {
     }
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let rows = check_width(self.name(), inputs[0], self.features())?;
+        let rows = rows_of_width(self.name(), inputs[0], self.features())?;
         Ok(tvec!(f32::fact([rows, 1.into()])))
     }
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (rows, width) = rows_and_width_of(self.name(), inputs[0].shape())?;
-        ensure!(
-            width == self.features(),
-            "SVMRegressor expects {} features, got {width}",
-            self.features()
-        );
+        let rows = rows_of_width_of(self.name(), inputs[0].shape(), self.features())?;
+        let width = self.features();
         let x = values_as::<f32>(&inputs[0])?;
         let mut kernels = Vec::new();
         let out = (0..rows)
