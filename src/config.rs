@@ -27,11 +27,97 @@ pub struct Cli {
 pub enum Command {
     /// Serve every model of a model repository over gRPC and REST.
     Serve(Box<ServeArgs>),
+    /// Score Parquet or CSV files with one model of a repository, offline, into one file.
+    Batch(Box<BatchArgs>),
     /// Load one ONNX file and print its inputs and outputs, as the server would serve them.
     Inspect {
         /// The model file.
         path: PathBuf,
     },
+}
+
+/// Flags of `predictd batch`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Columns: --feed INPUT=COL,COL stacks scalar columns into INPUT's values per row, in the order given; \
+one list column feeds a whole row. An input without --feed takes the column of its own name; a \
+model with one input takes the numeric columns not kept, when there are exactly as many as it \
+needs. Integers cast to floats and FP64 to FP32; other type changes are errors. [N] and [N, 1] \
+outputs become one column; wider outputs a fixed-size list (Parquet) or COLUMN_0..COLUMN_{k-1} (CSV).")]
+pub struct BatchArgs {
+    /// The model repository: <DIR>/<name>/<version>/model.onnx.
+    #[arg(long, default_value = "models", env = "PREDICTD_MODELS")]
+    pub models: PathBuf,
+    /// The model, as NAME or NAME:VERSION (latest when no version is given).
+    #[arg(long)]
+    pub model: String,
+    /// Input file (.parquet or .csv), folder of part files (read in name order) or glob.
+    #[arg(long = "input", required = true)]
+    pub inputs: Vec<String>,
+    /// Output file, .parquet or .csv; written under a temporary name and renamed when complete.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// INPUT=COL[,COL...]: the columns that feed a model input.
+    #[arg(long = "feed", value_name = "INPUT=COLS", value_parser = crate::columns::Mapping::parse_feed)]
+    pub feeds: Vec<(String, Vec<String>)>,
+    /// OUTPUT[=COLUMN]: an output to write, and its column name [default: every output].
+    #[arg(long = "fetch", value_name = "OUTPUT[=COLUMN]", value_parser = crate::columns::Mapping::parse_fetch)]
+    pub fetches: Vec<(String, Option<String>)>,
+    /// Columns copied to the output unchanged (ids, keys), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub keep: Vec<String>,
+    /// Rows per batch read and scored.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_rows: u32,
+    /// Scoring threads [default: one per core].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// I/N: score only shard I of N (0-based), for N processes that split one dataset. Shards
+    /// are contiguous runs of Parquet row groups or CSV files; concatenated in order, the N
+    /// outputs are the unsharded output.
+    #[arg(long, default_value = "0/1")]
+    pub shard: String,
+    /// Progress bar on stderr: auto shows it on a terminal.
+    #[arg(long, value_enum, default_value_t = Progress::Auto)]
+    pub progress: Progress,
+}
+
+/// When `predictd batch` draws a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    /// When stderr is a terminal.
+    Auto,
+    /// Always.
+    Always,
+    /// Never (cron, logs).
+    Never,
+}
+
+impl BatchArgs {
+    /// The checked settings of a run.
+    pub fn to_options(&self) -> Result<crate::batch::Options, crate::batch::BatchError> {
+        let (model, version) = match self.model.split_once(':') {
+            Some((m, v)) => (m.to_string(), v.to_string()),
+            None => (self.model.clone(), String::new()),
+        };
+        Ok(crate::batch::Options {
+            models: self.models.clone(),
+            model,
+            version,
+            inputs: self.inputs.clone(),
+            output: self.output.clone(),
+            mapping: crate::columns::Mapping {
+                feeds: self.feeds.clone(),
+                fetches: self.fetches.clone(),
+                keep: self.keep.clone(),
+            },
+            batch_rows: self.batch_rows as usize,
+            threads: self
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            shard: crate::batch::parse_shard(&self.shard)?,
+        })
+    }
 }
 
 /// How logs are written.

@@ -5,6 +5,8 @@
 //! package share it. The serving side — [`scheduler`], [`registry`], [`infer`], [`grpc`],
 //! [`kserve`], [`server`] — puts worker threads and the RPC front ends in front of it.
 
+pub mod batch;
+pub mod columns;
 pub mod config;
 pub mod error;
 pub mod grpc;

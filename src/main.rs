@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use predictd::config::{Cli, Command, LogFormat, ServeArgs};
+use predictd::batch::BatchError;
+use predictd::config::{BatchArgs, Cli, Command, LogFormat, Progress, ServeArgs};
 use predictd::model::Model;
 use tracing_subscriber::EnvFilter;
 
@@ -13,13 +14,18 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
+        Command::Batch(args) => batch(&args),
         Command::Inspect { path } => inspect(&path),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("predictd: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<BatchError>() {
+                // What a shell reports for a process ended by Ctrl-C.
+                Some(BatchError::Interrupted) => ExitCode::from(130),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -90,6 +96,108 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+fn batch(args: &BatchArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    let options = args.to_options()?;
+    let job = predictd::batch::Job::prepare(&options)?;
+    // Ctrl-C or SIGTERM asks the run to stop and remove its partial output; a second Ctrl-C
+    // ends the process at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())?;
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    let progress = ProgressReport::new(args.progress, job.total_rows());
+    let summary = predictd::batch::run(job, &stop, &|rows| progress.update(rows));
+    progress.finish();
+    let summary = summary?;
+    println!(
+        "predictd batch: {} rows in {:.2} s ({:.0} rows/s) -> {}",
+        summary.rows,
+        summary.seconds,
+        summary.rows as f64 / summary.seconds.max(1e-9),
+        summary.output.display()
+    );
+    Ok(())
+}
+
+/// Rows done of the total (when the files say), rows/s and time left, on stderr: a bar on a
+/// terminal, or with `--progress always` and no terminal, a line every few seconds.
+enum ProgressReport {
+    Bar(indicatif::ProgressBar),
+    Lines {
+        total: Option<u64>,
+        started: std::time::Instant,
+        last: std::sync::Mutex<std::time::Instant>,
+    },
+    Off,
+}
+
+impl ProgressReport {
+    fn new(when: Progress, total: Option<u64>) -> ProgressReport {
+        use indicatif::{ProgressBar, ProgressStyle};
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        match (when, terminal) {
+            (Progress::Never, _) | (Progress::Auto, false) => ProgressReport::Off,
+            (_, true) => {
+                let (bar, template) = match total {
+                    Some(total) => (
+                        ProgressBar::new(total),
+                        "{wide_bar} {human_pos}/{human_len} rows, {per_sec}, {eta} left",
+                    ),
+                    None => (
+                        ProgressBar::no_length(),
+                        "{spinner} {human_pos} rows, {per_sec}",
+                    ),
+                };
+                if let Ok(style) = ProgressStyle::with_template(template) {
+                    bar.set_style(style);
+                }
+                ProgressReport::Bar(bar)
+            }
+            (Progress::Always, false) => ProgressReport::Lines {
+                total,
+                started: std::time::Instant::now(),
+                last: std::sync::Mutex::new(std::time::Instant::now()),
+            },
+        }
+    }
+
+    fn update(&self, rows: u64) {
+        match self {
+            ProgressReport::Bar(bar) => bar.set_position(rows),
+            ProgressReport::Lines {
+                total,
+                started,
+                last,
+            } => {
+                let Ok(mut last) = last.lock() else { return };
+                if last.elapsed() < std::time::Duration::from_secs(5) {
+                    return;
+                }
+                *last = std::time::Instant::now();
+                let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                match total {
+                    Some(total) => eprintln!(
+                        "predictd batch: {rows}/{total} rows, {rate:.0} rows/s, {:.0} s left",
+                        total.saturating_sub(rows) as f64 / rate.max(1e-9)
+                    ),
+                    None => eprintln!("predictd batch: {rows} rows, {rate:.0} rows/s"),
+                }
+            }
+            ProgressReport::Off => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let ProgressReport::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn inspect(path: &std::path::Path) -> anyhow::Result<()> {

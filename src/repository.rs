@@ -19,7 +19,7 @@ pub const CONFIG_FILE: &str = "config.toml";
 
 /// Per-model settings from `models/<name>/config.toml`. Every field is optional; unset fields
 /// take the server's defaults. Unknown fields are an error, so a typo never goes unnoticed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Worker threads that run this model.
@@ -33,6 +33,9 @@ pub struct ModelConfig {
     /// Batch sizes that get a plan optimised for exactly that many rows; a batch of another
     /// size runs the plan for any size. Empty: that plan only.
     pub preferred_batch_sizes: Option<Vec<usize>>,
+    /// The value that replaces nulls in floating-point inputs fed from table columns
+    /// (`predictd batch`, the Python package); `nan` is allowed. Unset: a null is an error.
+    pub fill_null: Option<f64>,
 }
 
 /// Where one model version stands.

@@ -1,0 +1,316 @@
+//! Columns to tensors: casts that keep values, nulls found by row, values laid out row-major.
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type,
+    Int32Type, Int64Type, ToByteSlice, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+use bytes::Bytes;
+
+use super::{InputBinding, Source};
+use crate::tensor::{DType, Tensor};
+
+/// A column whose values cannot feed the model: a null, a list of the wrong length.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("column '{column}'{}: {reason}", .row.map(|r| format!(", row {r}")).unwrap_or_default())]
+pub struct ColumnError {
+    /// The column.
+    pub column: String,
+    /// The row within the batch, counted from 0, where known.
+    pub row: Option<usize>,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// True when every value of `from` becomes a value of `to` that means the same: the casts the
+/// module documentation lists.
+pub(super) fn converts(from: &DataType, to: DType) -> bool {
+    use DataType as A;
+    let from = match from {
+        A::Dictionary(_, values) => values.as_ref(),
+        other => other,
+    };
+    let int_bits = |dt: &DataType| match dt {
+        A::Int8 => Some((true, 8)),
+        A::Int16 => Some((true, 16)),
+        A::Int32 => Some((true, 32)),
+        A::Int64 => Some((true, 64)),
+        A::UInt8 => Some((false, 8)),
+        A::UInt16 => Some((false, 16)),
+        A::UInt32 => Some((false, 32)),
+        A::UInt64 => Some((false, 64)),
+        _ => None,
+    };
+    let target_int = match to {
+        DType::I8 => Some((true, 8)),
+        DType::I16 => Some((true, 16)),
+        DType::I32 => Some((true, 32)),
+        DType::I64 => Some((true, 64)),
+        DType::U8 => Some((false, 8)),
+        DType::U16 => Some((false, 16)),
+        DType::U32 => Some((false, 32)),
+        DType::U64 => Some((false, 64)),
+        _ => None,
+    };
+    match to {
+        DType::F16 | DType::F32 | DType::F64 => {
+            int_bits(from).is_some() || matches!(from, A::Float16 | A::Float32 | A::Float64)
+        }
+        DType::Bool => matches!(from, A::Boolean),
+        DType::String => matches!(from, A::Utf8 | A::LargeUtf8 | A::Utf8View),
+        _ => match (int_bits(from), target_int) {
+            (Some((from_signed, from_bits)), Some((to_signed, to_bits))) => {
+                match (from_signed, to_signed) {
+                    (true, true) | (false, false) => from_bits <= to_bits,
+                    (false, true) => from_bits < to_bits,
+                    (true, false) => false,
+                }
+            }
+            _ => false,
+        },
+    }
+}
+
+/// The tensor an input takes from one batch.
+pub(super) fn tensor(
+    input: &InputBinding,
+    batch: &RecordBatch,
+    fill_null: Option<f64>,
+) -> Result<Tensor, ColumnError> {
+    let rows = batch.num_rows();
+    let (arrays, item_shape, list_rows) = match &input.source {
+        Source::Columns(columns) => (
+            columns.iter().map(|&c| batch.column(c).clone()).collect(),
+            input.item_shape.clone(),
+            None,
+        ),
+        Source::List(column) => {
+            let (values, width) =
+                flatten_list(batch.column(*column), &input.columns[0], &input.item_shape)?;
+            let item_shape = if input.item_shape.is_empty() {
+                vec![width]
+            } else {
+                input.item_shape.clone()
+            };
+            (vec![values], item_shape, Some(width))
+        }
+    };
+    let names: Vec<&str> = match list_rows {
+        Some(_) => vec![input.columns[0].as_str()],
+        None => input.columns.iter().map(String::as_str).collect(),
+    };
+    // Values of a flattened list are addressed by value index; errors report the row.
+    let row_of = |index: usize| list_rows.map_or(index, |width| index / width.max(1));
+    let mut shape = Vec::with_capacity(item_shape.len() + 1);
+    shape.push(rows);
+    shape.extend(&item_shape);
+    let invalid = |e: crate::tensor::TensorError| ColumnError {
+        column: names.join(","),
+        row: None,
+        reason: e.to_string(),
+    };
+
+    macro_rules! primitive {
+        ($t:ty, $fill:expr) => {{
+            let values = interleave::<$t>(&arrays, &names, input.dtype, $fill, &row_of)?;
+            Tensor::from_bytes(
+                input.dtype,
+                shape,
+                Bytes::copy_from_slice(values.to_byte_slice()),
+            )
+            .map_err(invalid)
+        }};
+    }
+    match input.dtype {
+        DType::F16 => primitive!(Float16Type, fill_null.map(half::f16::from_f64)),
+        DType::F32 => primitive!(Float32Type, fill_null.map(|v| v as f32)),
+        DType::F64 => primitive!(Float64Type, fill_null),
+        DType::I8 => primitive!(Int8Type, None),
+        DType::I16 => primitive!(Int16Type, None),
+        DType::I32 => primitive!(Int32Type, None),
+        DType::I64 => primitive!(Int64Type, None),
+        DType::U8 => primitive!(UInt8Type, None),
+        DType::U16 => primitive!(UInt16Type, None),
+        DType::U32 => primitive!(UInt32Type, None),
+        DType::U64 => primitive!(UInt64Type, None),
+        DType::Bool => {
+            let columns = cast_all(&arrays, &names, &DataType::Boolean, &row_of)?;
+            let mut out = vec![0u8; rows * columns.len()];
+            for (j, column) in columns.iter().enumerate() {
+                let column = column.as_boolean();
+                for (i, value) in column.values().iter().enumerate() {
+                    out[i * columns.len() + j] = u8::from(value);
+                }
+            }
+            Tensor::from_bytes(DType::Bool, shape, out.into()).map_err(invalid)
+        }
+        DType::String => {
+            let columns = cast_all(&arrays, &names, &DataType::Utf8, &row_of)?;
+            let k = columns.len();
+            let mut out = vec![String::new(); rows * k];
+            for (j, column) in columns.iter().enumerate() {
+                for (i, value) in column.as_string::<i32>().iter().enumerate() {
+                    out[i * k + j] = value.unwrap_or_default().to_string();
+                }
+            }
+            Tensor::from_strings(shape, out).map_err(invalid)
+        }
+    }
+}
+
+/// Casts each array to `T` and lays the values out row-major: column `j` of row `i` at
+/// `i * k + j`. Nulls take `fill` when there is one and are an error otherwise.
+fn interleave<T: ArrowPrimitiveType>(
+    arrays: &[ArrayRef],
+    names: &[&str],
+    dtype: DType,
+    fill: Option<T::Native>,
+    row_of: &dyn Fn(usize) -> usize,
+) -> Result<Vec<T::Native>, ColumnError> {
+    let k = arrays.len();
+    let rows = arrays.first().map_or(0, |a| a.len());
+    let mut out = vec![T::Native::default(); rows * k];
+    for (j, (array, name)) in arrays.iter().zip(names).enumerate() {
+        let converted = cast(array, &T::DATA_TYPE).map_err(|e| ColumnError {
+            column: name.to_string(),
+            row: None,
+            reason: format!("cannot convert {} to {dtype}: {e}", array.data_type()),
+        })?;
+        let Some(column) = converted.as_primitive_opt::<T>() else {
+            return Err(ColumnError {
+                column: name.to_string(),
+                row: None,
+                reason: format!("cannot convert {} to {dtype}", array.data_type()),
+            });
+        };
+        let values = column.values();
+        match (column.nulls().filter(|n| n.null_count() > 0), fill) {
+            (None, _) if k == 1 => out.copy_from_slice(values),
+            (None, _) => {
+                for (i, v) in values.iter().enumerate() {
+                    out[i * k + j] = *v;
+                }
+            }
+            (Some(nulls), Some(fill)) => {
+                for (i, v) in values.iter().enumerate() {
+                    out[i * k + j] = if nulls.is_null(i) { fill } else { *v };
+                }
+            }
+            (Some(nulls), None) => return Err(null_error(name, nulls, dtype, row_of)),
+        }
+    }
+    Ok(out)
+}
+
+fn cast_all(
+    arrays: &[ArrayRef],
+    names: &[&str],
+    to: &DataType,
+    row_of: &dyn Fn(usize) -> usize,
+) -> Result<Vec<ArrayRef>, ColumnError> {
+    arrays
+        .iter()
+        .zip(names)
+        .map(|(array, name)| {
+            let converted = cast(array, to).map_err(|e| ColumnError {
+                column: name.to_string(),
+                row: None,
+                reason: format!("cannot convert {} to {to}: {e}", array.data_type()),
+            })?;
+            if let Some(nulls) = converted.nulls().filter(|n| n.null_count() > 0) {
+                return Err(ColumnError {
+                    column: name.to_string(),
+                    row: (0..nulls.len()).find(|&i| nulls.is_null(i)).map(row_of),
+                    reason: "null value; nulls can only be filled in floating-point inputs"
+                        .to_string(),
+                });
+            }
+            Ok(converted)
+        })
+        .collect()
+}
+
+fn null_error(
+    name: &str,
+    nulls: &arrow::buffer::NullBuffer,
+    dtype: DType,
+    row_of: &dyn Fn(usize) -> usize,
+) -> ColumnError {
+    let fill_hint = match dtype {
+        DType::F16 | DType::F32 | DType::F64 => {
+            "; set fill_null in the model's config.toml to replace nulls"
+        }
+        _ => "",
+    };
+    ColumnError {
+        column: name.to_string(),
+        row: (0..nulls.len()).find(|&i| nulls.is_null(i)).map(row_of),
+        reason: format!("null value, but the input takes {dtype}{fill_hint}"),
+    }
+}
+
+/// The values of a list column, row after row, and the length of every list. Every row must
+/// hold a list, and all lists the same number of values (`item_shape`'s, when it is known).
+fn flatten_list(
+    array: &ArrayRef,
+    name: &str,
+    item_shape: &[usize],
+) -> Result<(ArrayRef, usize), ColumnError> {
+    let error = |row, reason: String| ColumnError {
+        column: name.to_string(),
+        row,
+        reason,
+    };
+    let spans: Vec<(usize, usize)> = if let Some(list) = array.as_list_opt::<i32>() {
+        list.offsets()
+            .windows(2)
+            .map(|w| (w[0] as usize, (w[1] - w[0]) as usize))
+            .collect()
+    } else if let Some(list) = array.as_list_opt::<i64>() {
+        list.offsets()
+            .windows(2)
+            .map(|w| (w[0] as usize, (w[1] - w[0]) as usize))
+            .collect()
+    } else if let Some(list) = array.as_fixed_size_list_opt() {
+        (0..list.len())
+            .map(|i| (list.value_offset_at(i), list.value_length() as usize))
+            .collect()
+    } else {
+        return Err(error(None, format!("{} is not a list", array.data_type())));
+    };
+    let values = match array.data_type() {
+        DataType::List(_) => array.as_list::<i32>().values().clone(),
+        DataType::LargeList(_) => array.as_list::<i64>().values().clone(),
+        _ => array.as_fixed_size_list().values().clone(),
+    };
+    if let Some(row) = (0..array.len()).find(|&i| array.is_null(i)) {
+        return Err(error(Some(row), "null list".to_string()));
+    }
+    let width = match item_shape {
+        [] => spans.first().map_or(0, |s| s.1),
+        dims => dims.iter().product(),
+    };
+    if let Some(row) = spans.iter().position(|s| s.1 != width) {
+        return Err(error(
+            Some(row),
+            format!(
+                "list of {} value(s), but the input takes {width}",
+                spans[row].1
+            ),
+        ));
+    }
+    // Lists are contiguous unless the array was sliced; a slice is contiguous too.
+    let start = spans.first().map_or(0, |s| s.0);
+    let contiguous = spans
+        .iter()
+        .enumerate()
+        .all(|(i, s)| s.0 == start + i * width);
+    if !contiguous {
+        return Err(error(
+            None,
+            "list values are not stored row after row".to_string(),
+        ));
+    }
+    Ok((values.slice(start, spans.len() * width), width))
+}
