@@ -7,7 +7,8 @@
 #      GetModelMetadata, the README's Predict example, every model against its reference.json,
 #      and errors;
 #   2. a fresh repository of never-seen models written by unseen_models.py, checked against
-#      onnxruntime's outputs;
+#      onnxruntime's outputs, and `predictd batch` on the README's example files and on those
+#      models fed from user-named columns (batch_check.py);
 # and on both, the KServe v2 / Triton protocol with tritonclient (triton_check.py).
 # Prints "ok - ..." / "not ok - ...: ..." per check and ends with "N passed, M failed".
 set -euo pipefail
@@ -329,6 +330,8 @@ unseen() {
     for f in "$repo"/*/*/model.onnx; do
         check "predictd inspect ${f#"$repo"/}" "$BIN" inspect "$f"
     done
+    tally "predictd batch on the README's files and the never-seen models" \
+        "$PY" tests/interop/batch_check.py "$BIN" "$REPO" "$repo" "$TMP/batch"
 
     serve "$repo" "$TMP/server-unseen.log" "the never-seen models" || return 0
     local ADDR2=$ADDR HTTP2=$HTTP
