@@ -32,7 +32,7 @@ pub fn run(
     let started = Instant::now();
     let schema = job.binding.output_schema().clone();
     let sink = Sink::create(&job.output, &schema)?;
-    let in_flight = job.threads * 2;
+    let in_flight = job.threads;
     let (read_tx, read_rx) = bounded::<Result<Read, (u64, BatchError)>>(in_flight);
     let (done_tx, done_rx) = bounded::<Scored>(in_flight);
     let job = &job;
