@@ -497,6 +497,17 @@ fn shards_together_are_exactly_the_full_run() {
         let together = concat_batches(&full.schema(), &shards).unwrap();
         assert_eq!(together, full, "{ext}: shards 0/3, 1/3, 2/3 concatenated");
     }
+    // More shards than units: the shards without one still write a file, with no rows.
+    let empty = run(&parts, &dir.path().join("shard-0-of-9.csv"), "0/9");
+    assert_eq!(empty.num_rows(), 0);
+    let empty = run(&parquet, &dir.path().join("shard-1-of-19.parquet"), "1/19");
+    assert_eq!(empty.num_rows(), 0);
+    assert_eq!(
+        empty.schema().fields().len(),
+        3,
+        "id, label, probabilities: {:?}",
+        empty.schema()
+    );
 }
 
 /// Runs a batch that must fail; returns its one-line error. Checks that it exits non-zero and

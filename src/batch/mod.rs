@@ -78,14 +78,14 @@ pub enum BatchError {
         error: Box<BindError>,
     },
     /// A value cannot feed the model.
-    #[error("{}: column '{column}', row {row}: {reason}", .path.display())]
+    #[error("{}: column '{column}'{}: {reason}", .path.display(), .row.map(|r| format!(", row {r}")).unwrap_or_default())]
     Value {
         /// The file.
         path: PathBuf,
         /// The column.
         column: String,
-        /// The row in the file, counted from 0.
-        row: u64,
+        /// The row in the file, counted from 0, where one row is at fault.
+        row: Option<u64>,
         /// Why.
         reason: String,
     },
@@ -139,7 +139,7 @@ impl BatchError {
             ScoreError::Column(c) => BatchError::Value {
                 path: path.to_path_buf(),
                 column: c.column,
-                row: first + c.row.unwrap_or(0) as u64,
+                row: c.row.map(|r| first + r as u64),
                 reason: c.reason,
             },
             other => BatchError::Score {

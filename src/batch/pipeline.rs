@@ -36,16 +36,23 @@ pub fn run(
     let (read_tx, read_rx) = bounded::<Result<Read, (u64, BatchError)>>(in_flight);
     let (done_tx, done_rx) = bounded::<Scored>(in_flight);
     let job = &job;
-    let rows = std::thread::scope(|scope| {
-        scope.spawn(move || read_all(job, read_tx, stop));
+    let (sink, rows, _batches) = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || read_all(job, read_tx, stop));
         for _ in 0..job.threads {
             let read_rx = read_rx.clone();
             let done_tx = done_tx.clone();
             scope.spawn(move || score_all(job, read_rx, done_tx));
         }
         drop((read_rx, done_tx));
-        write_in_order(sink, done_rx, stop, on_rows)
+        let written = write_in_order(sink, done_rx, stop, on_rows)?;
+        // The output is complete only if the reader got to the end of every input and each
+        // batch it read was written: a stop, or a scorer that died, leaves a shortfall.
+        match reader.join() {
+            Ok(Some(read)) if read == written.2 => Ok(written),
+            _ => Err(BatchError::Interrupted),
+        }
     })?;
+    sink.finish()?;
     Ok(Summary {
         rows,
         seconds: started.elapsed().as_secs_f64(),
@@ -53,20 +60,26 @@ pub fn run(
     })
 }
 
-fn read_all(job: &Job, out: Sender<Result<Read, (u64, BatchError)>>, stop: &AtomicBool) {
+/// Sends every batch of every unit, in order. Returns how many batches it sent if it reached
+/// the end of the input; `None` if it stopped early.
+fn read_all(
+    job: &Job,
+    out: Sender<Result<Read, (u64, BatchError)>>,
+    stop: &AtomicBool,
+) -> Option<u64> {
     let mut seq = 0;
     for unit in &job.units {
         let batches = match source::read(unit, &job.schema, &job.projection, job.batch_rows) {
             Ok(batches) => batches,
             Err(e) => {
                 let _ = out.send(Err((seq, e)));
-                return;
+                return None;
             }
         };
         let mut first_row = unit.first_row;
         for batch in batches {
             if stop.load(Ordering::Relaxed) {
-                return;
+                return None;
             }
             let item = match batch {
                 Ok(batch) if batch.num_rows() == 0 => continue,
@@ -86,11 +99,12 @@ fn read_all(job: &Job, out: Sender<Result<Read, (u64, BatchError)>>, stop: &Atom
             let failed = item.is_err();
             // A closed channel means the writer has stopped; so do we.
             if out.send(item).is_err() || failed {
-                return;
+                return None;
             }
             seq += 1;
         }
     }
+    Some(seq)
 }
 
 /// A read error inside a file, placed after the rows read so far.
@@ -128,14 +142,15 @@ fn score_all(job: &Job, input: Receiver<Result<Read, (u64, BatchError)>>, output
     }
 }
 
-/// Writes scored batches in sequence order; the first error, in sequence order, ends the run.
-/// Returning drops `input`, which stops the scorers and then the reader.
+/// Writes scored batches in sequence order until the scorers are done; the first error, in
+/// sequence order, ends the run. Returns the sink (not yet finished), the rows and the batches
+/// written. Returning drops `input`, which stops the scorers and then the reader.
 fn write_in_order(
     mut sink: Sink,
     input: Receiver<Scored>,
     stop: &AtomicBool,
     on_rows: &(dyn Fn(u64) + Sync),
-) -> Result<u64, BatchError> {
+) -> Result<(Sink, u64, u64), BatchError> {
     let mut waiting: BTreeMap<u64, Result<RecordBatch, BatchError>> = BTreeMap::new();
     let mut next = 0;
     let mut rows = 0;
@@ -152,15 +167,12 @@ fn write_in_order(
             return Err(BatchError::Interrupted);
         }
     }
-    // Every sender is gone; anything still waiting sits behind a gap that an error or a stop
-    // left, so the run is not complete.
     if stop.load(Ordering::Relaxed) {
         return Err(BatchError::Interrupted);
     }
-    if let Some((_, result)) = waiting.into_iter().next() {
-        result?;
-        return Err(BatchError::Interrupted);
+    // Anything still waiting sits behind a batch that never came: report the first error.
+    if let Some((_, Err(e))) = waiting.into_iter().find(|(_, r)| r.is_err()) {
+        return Err(e);
     }
-    sink.finish()?;
-    Ok(rows)
+    Ok((sink, rows, next))
 }

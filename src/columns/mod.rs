@@ -8,7 +8,7 @@
 //!   scalar column feeds `[N]` or `[N, 1]`.
 //! - An input with no feed takes the column of its own name. Failing that, a model with one
 //!   input takes the numeric columns not kept, in file order, when there are exactly as many as
-//!   it needs, or the one list column not kept.
+//!   it needs, or else the one list column not kept.
 //! - Columns are cast to the input's dtype where no value changes meaning: integers to floats
 //!   (beyond 2^24, FP32 rounds them), FP64 to FP32 (rounded to nearest), narrower integers to
 //!   wider ones. Anything else is an error at bind time, before a row is read.
@@ -520,7 +520,7 @@ fn default_feed(
     {
         return Ok(numeric);
     }
-    if let ([list], true) = (lists.as_slice(), numeric.is_empty() || width.is_none()) {
+    if let [list] = lists.as_slice() {
         return Ok(vec![*list]);
     }
     let why = match width {
