@@ -840,3 +840,77 @@ fn an_interrupted_run_leaves_no_output() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn a_batch_larger_than_one_run_keeps_rows_in_order_and_errors_name_the_file_row() {
+    // 3,000 rows in one 4,096-row batch: the model runs them 1,024 at a time.
+    let dir = tempfile::tempdir().unwrap();
+    let models = bundled_models();
+    let rows = wine_rows(3000);
+    let source = dir.path().join("wine.parquet");
+    write_parquet(&source, &rows, 3000);
+    let target = dir.path().join("scores.parquet");
+    let args = |source: &Path, target: &Path| {
+        vec![
+            "--models".to_string(),
+            models.to_str().unwrap().to_string(),
+            "--model".to_string(),
+            "wine_forest".to_string(),
+            "--input".to_string(),
+            source.to_str().unwrap().to_string(),
+            "--output".to_string(),
+            target.to_str().unwrap().to_string(),
+            "--keep".to_string(),
+            "id".to_string(),
+        ]
+    };
+    let owned = args(&source, &target);
+    batch_ok(&owned.iter().map(String::as_str).collect::<Vec<_>>());
+    let reference = references(&models)
+        .into_iter()
+        .find(|r| r.model == "wine_forest")
+        .unwrap();
+    let out = read_output(&target);
+    let label = out
+        .column_by_name("label")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Int64Type>();
+    let want = &reference.outputs["label"].data;
+    for i in 0..3000 {
+        assert_eq!(
+            label.value(i),
+            want[i % want.len()].as_i64().unwrap(),
+            "row {i}"
+        );
+    }
+
+    // A null in the third run is reported at its row in the file.
+    let mut columns: Vec<(String, ArrayRef)> = rows
+        .schema()
+        .fields()
+        .iter()
+        .zip(rows.columns())
+        .map(|(f, c)| (f.name().clone(), c.clone()))
+        .collect();
+    let f5 = rows
+        .column(6)
+        .as_primitive::<arrow::datatypes::Float32Type>();
+    columns[6].1 = Arc::new(
+        (0..3000)
+            .map(|i| (i != 2500).then(|| f5.value(i)))
+            .collect::<Float32Array>(),
+    );
+    let gappy = dir.path().join("gappy.parquet");
+    write_parquet(&gappy, &table(columns), 3000);
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let owned = args(&gappy, &out_dir.join("scores.parquet"));
+    let err = batch_err(
+        &owned.iter().map(String::as_str).collect::<Vec<_>>(),
+        &out_dir,
+    );
+    assert!(
+        err.contains("gappy.parquet: column 'f5', row 2500: null"),
+        "{err}"
+    );
+}
