@@ -459,6 +459,10 @@ impl Binding {
     /// Batches of more than [`RUN_ROWS`] rows run in slices of that many.
     pub fn score(&self, model: &Model, batch: &RecordBatch) -> Result<RecordBatch, ScoreError> {
         let rows = batch.num_rows();
+        if rows == 0 {
+            // Nothing to run (models refuse empty batches); still the right columns.
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
         if rows <= RUN_ROWS {
             return self.score_run(model, batch);
         }
