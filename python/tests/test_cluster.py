@@ -131,3 +131,62 @@ def test_bad_feed_on_a_cluster_names_the_column(dataset):
     ddf = dd.read_parquet(str(dataset))
     with pytest.raises(predictd.PredictError, match="no column 'm13'"):
         predictd.dask.predict(ddf, str(MODELS), "wine_forest", feed={"X": [f"m{j}" for j in range(1, 14)]})
+
+
+def test_a_never_seen_model_scores_on_dask_and_spark_given_only_feed_and_keep(tmp_path, load_log):
+    """A scikit-learn pipeline trained here, exported with skl2onnx into a fresh repository, fed
+    from columns a user named, against onnxruntime on the same values."""
+    import dask.dataframe as dd
+    import onnxruntime as ort
+    from dask.distributed import Client, LocalCluster
+    from pyspark.sql import SparkSession
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    cancer = load_breast_cancer()
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(
+        cancer.data.astype(np.float32), cancer.target)
+    onnx_model = to_onnx(pipeline, initial_types=[("features", FloatTensorType([None, 30]))],
+                         options={id(pipeline): {"zipmap": False}})
+    repo = tmp_path / "repo"
+    (repo / "tumours" / "1").mkdir(parents=True)
+    (repo / "tumours" / "1" / "model.onnx").write_bytes(onnx_model.SerializeToString())
+
+    rng = np.random.default_rng(5)
+    x = cancer.data[rng.integers(0, len(cancer.data), 20_000)].astype(np.float32)
+    names = [n.replace("mean ", "").title() + (" (mean)" if n.startswith("mean") else "")
+             for n in cancer.feature_names]
+    assert len(set(names)) == 30
+    columns = {"Patient": pa.array([f"P-{i}" for i in range(len(x))])}
+    columns |= {name: pa.array(x[:, j]) for j, name in enumerate(names)}
+    data = tmp_path / "patients"
+    data.mkdir()
+    pq.write_table(pa.table(columns), data / "part-0.parquet", row_group_size=2_500)
+
+    session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    label, probabilities = session.run(None, {"features": x})
+    feed, keep = {"features": names}, ["Patient"]
+
+    def check(frame, context):
+        frame = frame.assign(n=frame["Patient"].str[2:].astype(int)).sort_values("n")
+        assert frame["Patient"].tolist() == [f"P-{i}" for i in range(len(x))], context
+        np.testing.assert_array_equal(frame["label"].to_numpy(), label, err_msg=context)
+        np.testing.assert_allclose(np.stack(frame["probabilities"]), probabilities,
+                                   rtol=1e-5, atol=1e-6, err_msg=context)
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster):
+        ddf = dd.read_parquet(str(data), split_row_groups=True)
+        check(predictd.dask.predict(ddf, str(repo), "tumours", feed=feed, keep=keep).compute(), "dask")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false").getOrCreate()
+    try:
+        df = spark.read.parquet(str(data))
+        check(predictd.spark.predict(df, str(repo), "tumours", feed=feed, keep=keep).toArrow().to_pandas(),
+              "spark")
+    finally:
+        spark.stop()

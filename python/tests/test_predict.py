@@ -134,3 +134,51 @@ def test_bad_feeds_raise_predict_error_naming_the_column():
     words = table.set_column(3, "feature 2", pa.array(["x"] * 4000))
     with pytest.raises(predictd.PredictError, match="column 'feature 2' is Utf8"):
         model.predict_arrow(words, feed={"X": [f"feature {j}" for j in range(13)]})
+
+
+def test_the_running_server_gives_the_same_values():
+    """The same rows through `predictd serve` (KServe v2 REST) and through the package."""
+    import re
+    import time
+    import urllib.request
+
+    server = subprocess.Popen(
+        [os.environ["PREDICTD_BIN"], "serve", "--models", str(MODELS),
+         "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"},
+    )
+    try:
+        http = None
+        for line in server.stderr:
+            m = re.search(r"http=(127\.0\.0\.1:\d+)", line)
+            if m:
+                http = m.group(1)
+                break
+        assert http, "the server did not say where it listens"
+        for _ in range(200):
+            try:
+                with urllib.request.urlopen(f"http://{http}/v2/models/wine_forest/ready") as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.05)
+        table, _ = wine_table()
+        rows = table.slice(0, 64)
+        x = np.column_stack([rows.column(f"feature {j}").to_numpy() for j in range(13)]).astype(np.float32)
+        body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": list(x.shape),
+                            "data": x.ravel().tolist()}]}
+        request = urllib.request.Request(
+            f"http://{http}/v2/models/wine_forest/infer", data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request) as r:
+            served = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in json.load(r)["outputs"]}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    model = predictd.load(str(MODELS), "wine_forest")
+    local = model.predict({"X": x})
+    np.testing.assert_array_equal(served["label"], local["label"])
+    # JSON carries FP32 as the shortest decimal that reads back as the same float32.
+    np.testing.assert_array_equal(served["probabilities"].astype(np.float32), local["probabilities"])
+    arrow = model.predict_arrow(rows, feed={"X": [f"feature {j}" for j in range(13)]})
+    np.testing.assert_array_equal(arrow.column("label").to_numpy(), local["label"])
