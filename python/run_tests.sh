@@ -3,6 +3,7 @@
 # then runs its tests. Needs python3 and the Rust toolchain; everything else comes from PyPI.
 # The venv is ${PREDICTD_PYTHON_VENV:-target/python-venv}; PREDICTD_BIN is the predictd binary
 # the tests compare with (default: target/debug/predictd, built here if missing).
+# PREDICTD_SETUP_ONLY=1 stops after installing (python/bench.sh uses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${PREDICTD_PYTHON_VENV:-$PWD/target/python-venv}
@@ -14,6 +15,7 @@ if ! cmp -s python/requirements-test.txt "$VENV/requirements-test.txt"; then
     cp python/requirements-test.txt "$VENV/requirements-test.txt"
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ./python
+[ -z "${PREDICTD_SETUP_ONLY:-}" ] || exit 0
 cargo build --quiet --bin predictd
 export PREDICTD_BIN=${PREDICTD_BIN:-$PWD/target/debug/predictd}
 exec "$VENV/bin/python" -m pytest -q python/tests "$@"
