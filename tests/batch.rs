@@ -41,6 +41,23 @@ fn batch_ok(args: &[&str]) {
     );
 }
 
+/// Runs `predictd batch` on `input` into `output` with model `model` of repository `models`,
+/// plus `extra` flags, and insists that it succeeded.
+fn score(models: &Path, model: &str, input: &Path, output: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "--models",
+        models.to_str().unwrap(),
+        "--model",
+        model,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    batch_ok(&args);
+}
+
 fn f64s(t: &RefTensor) -> Vec<f64> {
     // Reference files write NaN as null.
     t.data
@@ -87,6 +104,31 @@ fn ids(rows: usize) -> (String, ArrayRef) {
         "id".to_string(),
         Arc::new(Int64Array::from_iter_values(0..rows as i64)),
     )
+}
+
+/// `batch`'s columns, named.
+fn named_columns(batch: &RecordBatch) -> Vec<(String, ArrayRef)> {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| (f.name().clone(), c.clone()))
+        .collect()
+}
+
+/// `batch` with a null at `row` of its FP32 column `column`.
+fn with_null(batch: &RecordBatch, column: usize, row: usize) -> RecordBatch {
+    let mut columns = named_columns(batch);
+    let values = batch
+        .column(column)
+        .as_primitive::<arrow::datatypes::Float32Type>();
+    columns[column].1 = Arc::new(
+        (0..batch.num_rows())
+            .map(|i| (i != row).then(|| values.value(i)))
+            .collect::<Float32Array>(),
+    );
+    table(columns)
 }
 
 fn write_parquet(path: &Path, batch: &RecordBatch, row_group_rows: usize) {
@@ -230,18 +272,7 @@ fn every_bundled_model_scores_parquet_and_csv_like_onnxruntime() {
                 _ => write_csv(&source, &batch),
             }
             // No --feed: the model's one input takes the numeric columns not kept.
-            batch_ok(&[
-                "--models",
-                models.to_str().unwrap(),
-                "--model",
-                name,
-                "--input",
-                source.to_str().unwrap(),
-                "--output",
-                target.to_str().unwrap(),
-                "--keep",
-                "id",
-            ]);
+            score(&models, name, &source, &target, &["--keep", "id"]);
             assert_reference(
                 &format!("{name} {from} -> {to}"),
                 &read_output(&target),
@@ -288,20 +319,13 @@ fn one_list_column_feeds_a_whole_input() {
             ("pixels".to_string(), list_column(image, fixed)),
         ]);
         write_parquet(&source, &batch, 1024);
-        batch_ok(&[
-            "--models",
-            models.to_str().unwrap(),
-            "--model",
+        score(
+            &models,
             "digits_cnn:1",
-            "--input",
-            source.to_str().unwrap(),
-            "--output",
-            target.to_str().unwrap(),
-            "--feed",
-            "image=pixels",
-            "--keep",
-            "id",
-        ]);
+            &source,
+            &target,
+            &["--feed", "image=pixels", "--keep", "id"],
+        );
         assert_reference(
             &format!("digits_cnn from a list column (fixed size: {fixed})"),
             &read_output(&target),
@@ -361,24 +385,18 @@ fn several_feeds_fill_a_multi_input_model_from_columns_named_by_the_user() {
     }
     let source = dir.path().join("patients.parquet");
     write_parquet(&source, &table(columns), 100);
+    let num_feed = format!("num={}", num_names.join(","));
+    let cat_feed = format!("cat={}", cat_names.join(","));
+    let feeds = ["--feed", num_feed.as_str(), "--feed", cat_feed.as_str()];
     for to in ["parquet", "csv"] {
         let target = dir.path().join(format!("scored.{to}"));
-        batch_ok(&[
-            "--models",
-            models.to_str().unwrap(),
-            "--model",
+        score(
+            &models,
             "cancer_pipeline",
-            "--input",
-            source.to_str().unwrap(),
-            "--output",
-            target.to_str().unwrap(),
-            "--feed",
-            &format!("num={}", num_names.join(",")),
-            "--feed",
-            &format!("cat={}", cat_names.join(",")),
-            "--keep",
-            "id",
-        ]);
+            &source,
+            &target,
+            &[&feeds[..], &["--keep", "id"]].concat(),
+        );
         assert_reference(
             &format!("coltrans_bc -> {to}"),
             &read_output(&target),
@@ -388,22 +406,13 @@ fn several_feeds_fill_a_multi_input_model_from_columns_named_by_the_user() {
 
     // --fetch picks one output and renames its column.
     let target = dir.path().join("labels.parquet");
-    batch_ok(&[
-        "--models",
-        models.to_str().unwrap(),
-        "--model",
+    score(
+        &models,
         "cancer_pipeline",
-        "--input",
-        source.to_str().unwrap(),
-        "--output",
-        target.to_str().unwrap(),
-        "--feed",
-        &format!("num={}", num_names.join(",")),
-        "--feed",
-        &format!("cat={}", cat_names.join(",")),
-        "--fetch",
-        "label=diagnosis",
-    ]);
+        &source,
+        &target,
+        &[&feeds[..], &["--fetch", "label=diagnosis"]].concat(),
+    );
     let out = read_output(&target);
     let names: Vec<&str> = out
         .schema_ref()
@@ -444,22 +453,13 @@ fn shards_together_are_exactly_the_full_run() {
     let dir = tempfile::tempdir().unwrap();
     let models = bundled_models();
     let run = |input: &Path, output: &Path, shard: &str| {
-        batch_ok(&[
-            "--models",
-            models.to_str().unwrap(),
-            "--model",
+        score(
+            &models,
             "wine_forest",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-            "--keep",
-            "id",
-            "--shard",
-            shard,
-            "--batch-rows",
-            "64",
-        ]);
+            input,
+            output,
+            &["--keep", "id", "--shard", shard, "--batch-rows", "64"],
+        );
         read_output(output)
     };
     // Parquet: one file of ten row groups.
@@ -545,13 +545,7 @@ fn bad_input_gets_one_line_naming_what_is_wrong_and_no_output() {
     let gappy: Float32Array = (0..40)
         .map(|i| if i == 17 { None } else { Some(i as f32) })
         .collect();
-    let mut columns: Vec<(String, ArrayRef)> = rows
-        .schema()
-        .fields()
-        .iter()
-        .zip(rows.columns())
-        .map(|(f, c)| (f.name().clone(), c.clone()))
-        .collect();
+    let mut columns = named_columns(&rows);
     columns.push(("notes".to_string(), Arc::new(notes)));
     columns.push(("gappy".to_string(), Arc::new(gappy)));
     rows = table(columns);
@@ -737,34 +731,12 @@ fn fill_null_in_the_model_config_replaces_nulls() {
     .unwrap();
     std::fs::write(models.join("forest/config.toml"), "fill_null = nan\n").unwrap();
     let rows = wine_rows(8);
-    let mut columns: Vec<(String, ArrayRef)> = rows
-        .schema()
-        .fields()
-        .iter()
-        .zip(rows.columns())
-        .map(|(f, c)| (f.name().clone(), c.clone()))
-        .collect();
     // Row 3 of the first feature is null.
-    let f0 = rows
-        .column(1)
-        .as_primitive::<arrow::datatypes::Float32Type>();
-    let gappy: Float32Array = (0..8).map(|i| (i != 3).then(|| f0.value(i))).collect();
-    columns[1].1 = Arc::new(gappy);
+    let gappy = with_null(&rows, 1, 3);
     let source = dir.path().join("gappy.parquet");
-    write_parquet(&source, &table(columns), 100);
+    write_parquet(&source, &gappy, 100);
     let target = dir.path().join("scores.parquet");
-    batch_ok(&[
-        "--models",
-        models.to_str().unwrap(),
-        "--model",
-        "forest",
-        "--input",
-        source.to_str().unwrap(),
-        "--output",
-        target.to_str().unwrap(),
-        "--keep",
-        "id",
-    ]);
+    score(&models, "forest", &source, &target, &["--keep", "id"]);
     let out = read_output(&target);
     let reference = references(&bundled_models())
         .into_iter()
@@ -850,22 +822,7 @@ fn a_batch_larger_than_one_run_keeps_rows_in_order_and_errors_name_the_file_row(
     let source = dir.path().join("wine.parquet");
     write_parquet(&source, &rows, 3000);
     let target = dir.path().join("scores.parquet");
-    let args = |source: &Path, target: &Path| {
-        vec![
-            "--models".to_string(),
-            models.to_str().unwrap().to_string(),
-            "--model".to_string(),
-            "wine_forest".to_string(),
-            "--input".to_string(),
-            source.to_str().unwrap().to_string(),
-            "--output".to_string(),
-            target.to_str().unwrap().to_string(),
-            "--keep".to_string(),
-            "id".to_string(),
-        ]
-    };
-    let owned = args(&source, &target);
-    batch_ok(&owned.iter().map(String::as_str).collect::<Vec<_>>());
+    score(&models, "wine_forest", &source, &target, &["--keep", "id"]);
     let reference = references(&models)
         .into_iter()
         .find(|r| r.model == "wine_forest")
@@ -885,28 +842,25 @@ fn a_batch_larger_than_one_run_keeps_rows_in_order_and_errors_name_the_file_row(
     }
 
     // A null in the third run is reported at its row in the file.
-    let mut columns: Vec<(String, ArrayRef)> = rows
-        .schema()
-        .fields()
-        .iter()
-        .zip(rows.columns())
-        .map(|(f, c)| (f.name().clone(), c.clone()))
-        .collect();
-    let f5 = rows
-        .column(6)
-        .as_primitive::<arrow::datatypes::Float32Type>();
-    columns[6].1 = Arc::new(
-        (0..3000)
-            .map(|i| (i != 2500).then(|| f5.value(i)))
-            .collect::<Float32Array>(),
-    );
+    let with_gap = with_null(&rows, 6, 2500);
     let gappy = dir.path().join("gappy.parquet");
-    write_parquet(&gappy, &table(columns), 3000);
+    write_parquet(&gappy, &with_gap, 3000);
     let out_dir = dir.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
-    let owned = args(&gappy, &out_dir.join("scores.parquet"));
+    let output = out_dir.join("scores.parquet");
     let err = batch_err(
-        &owned.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[
+            "--models",
+            models.to_str().unwrap(),
+            "--model",
+            "wine_forest",
+            "--input",
+            gappy.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--keep",
+            "id",
+        ],
         &out_dir,
     );
     assert!(
