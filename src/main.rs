@@ -147,15 +147,20 @@ impl ProgressReport {
                 let (bar, template) = match total {
                     Some(total) => (
                         ProgressBar::new(total),
-                        "{wide_bar} {human_pos}/{human_len} rows, {per_sec}, {eta} left",
+                        "{wide_bar} {human_pos}/{human_len} rows, {rate}, {eta} left",
                     ),
                     None => (
                         ProgressBar::no_length(),
-                        "{spinner} {human_pos} rows, {per_sec}",
+                        "{spinner} {human_pos} rows, {rate}",
                     ),
                 };
                 if let Ok(style) = ProgressStyle::with_template(template) {
-                    bar.set_style(style);
+                    bar.set_style(style.with_key(
+                        "rate",
+                        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(w, "{:.0} rows/s", state.per_sec());
+                        },
+                    ));
                 }
                 ProgressReport::Bar(bar)
             }
