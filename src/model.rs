@@ -36,6 +36,13 @@ use crate::error::{Classify, ErrorKind};
 use crate::signature::{Dim, Signature, TensorSpec, ValidInputs};
 use crate::tensor::{DType, Tensor, TensorError};
 
+/// The most rows the model runs at once: a bigger batch runs in slices of this many. By a
+/// thousand rows the cost per row has levelled off, while tract's intermediates keep growing
+/// with the run: the bundled MLP holds about 10 KB per row, so 4,096-row runs on two threads
+/// took 40 MB more than 1,024-row runs in `predictd batch`, and were slower
+/// (`benches/batch.sh`, docs/PERFORMANCE.md).
+pub const RUN_ROWS: usize = 1024;
+
 /// The symbol given to unknown first dimensions: the batch dimension.
 const BATCH_SYMBOL: &str = "N";
 
@@ -165,9 +172,34 @@ impl Model {
         &self.signature
     }
 
-    /// Runs the model once. Panics inside tract are contained and reported as errors, so that a
-    /// bad model or an engine bug fails one request, never the process.
+    /// Runs the model: once, or for a batch of more than [`RUN_ROWS`] rows, once per slice of
+    /// that many, the outputs stacked back in order. Panics inside tract are contained and
+    /// reported as errors, so that a bad model or an engine bug fails one request, never the
+    /// process.
     pub fn run(&self, inputs: ValidInputs) -> Result<Vec<Tensor>, RunError> {
+        if inputs.rows().is_none_or(|rows| rows <= RUN_ROWS) {
+            return self.run_once(inputs);
+        }
+        let parts = inputs
+            .into_slices(RUN_ROWS)
+            .into_iter()
+            .map(|slice| self.run_once(slice))
+            .collect::<Result<Vec<_>, _>>()?;
+        (0..self.signature.outputs.len())
+            .map(|i| {
+                let pieces: Vec<&Tensor> = parts.iter().filter_map(|p| p.get(i)).collect();
+                Tensor::concat_rows(&pieces).ok_or_else(|| {
+                    RunError::Engine(format!(
+                        "output '{}' of {} slices does not stack",
+                        self.signature.outputs[i].name,
+                        parts.len()
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    fn run_once(&self, inputs: ValidInputs) -> Result<Vec<Tensor>, RunError> {
         let plan = inputs
             .rows()
             .and_then(|rows| self.fixed.iter().find(|(n, _)| *n == rows))

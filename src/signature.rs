@@ -195,6 +195,34 @@ impl ValidInputs {
                 .all(|(a, b)| a.shape().get(1..) == b.shape().get(1..))
     }
 
+    /// Cuts the batch into consecutive slices of at most `rows` rows; inputs without a batch
+    /// dimension stay whole.
+    pub fn into_slices(self, rows: usize) -> Vec<ValidInputs> {
+        let (Some(total), true) = (self.rows, rows > 0) else {
+            return vec![self];
+        };
+        let sizes: Vec<usize> = (0..total)
+            .step_by(rows)
+            .map(|start| rows.min(total - start))
+            .collect();
+        let split: Option<Vec<Vec<Tensor>>> =
+            self.tensors.iter().map(|t| t.split_rows(&sizes)).collect();
+        let Some(mut split) = split else {
+            return vec![self];
+        };
+        sizes
+            .iter()
+            .rev()
+            .map(|&n| ValidInputs {
+                tensors: split.iter_mut().filter_map(Vec::pop).collect(),
+                rows: Some(n),
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
+    }
+
     /// Stacks inputs that [`stacks_with`](Self::stacks_with) each other into one batch, or
     /// `None` if they do not stack.
     pub fn concat(parts: &[&ValidInputs]) -> Option<ValidInputs> {
@@ -378,6 +406,28 @@ mod tests {
         assert_eq!(valid.rows(), Some(2));
         assert_eq!(valid.tensors()[0].dtype(), DType::F32);
         assert_eq!(valid.tensors()[1].dtype(), DType::Bool);
+    }
+
+    #[test]
+    fn slices_keep_rows_in_order_and_every_input_together() {
+        let values: Vec<f32> = (0..15).map(|v| v as f32).collect();
+        let x = Tensor::from_values(vec![5, 3], &values).expect("valid");
+        let valid = signature()
+            .validate([("X".to_string(), x), ("mask".to_string(), mask(5))])
+            .expect("valid");
+        let slices = valid.into_slices(2);
+        let rows: Vec<Option<usize>> = slices.iter().map(ValidInputs::rows).collect();
+        assert_eq!(rows, [Some(2), Some(2), Some(1)]);
+        let firsts: Vec<f32> = slices
+            .iter()
+            .map(|s| s.tensors()[0].to_values::<f32>().expect("f32")[0])
+            .collect();
+        assert_eq!(firsts, [0.0, 6.0, 12.0]);
+        assert!(
+            slices
+                .iter()
+                .all(|s| s.tensors()[1].rows() == s.rows().unwrap_or(0))
+        );
     }
 
     #[test]

@@ -222,7 +222,7 @@ impl Job {
             .map(|m| m.config.clone())
             .unwrap_or_default();
         // A plan fixed to the run size: every run but the last of each file takes it.
-        let run_rows = options.batch_rows.min(crate::columns::RUN_ROWS);
+        let run_rows = options.batch_rows.min(crate::model::RUN_ROWS);
         let model = Model::load(&options.model, version, model_path, &[run_rows])
             .map_err(|e| BatchError::Load(e.to_string()))?;
         let layout = match output_format {

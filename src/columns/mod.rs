@@ -34,12 +34,6 @@ use crate::tensor::{DType, Tensor};
 
 pub use read::ColumnError;
 
-/// The most rows [`Binding::score`] hands the model at once. By a thousand rows the cost per
-/// row has levelled off, while tract's intermediates keep growing with the run: the bundled MLP
-/// holds about 10 KB per row of run, so 4,096-row runs on two threads took 40 MB more than
-/// 1,024-row runs, at the same speed (`benches/batch.sh`, docs/PERFORMANCE.md).
-pub const RUN_ROWS: usize = 1024;
-
 /// How output values past the batch dimension are laid out as columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListLayout {
@@ -454,38 +448,13 @@ impl Binding {
             .collect()
     }
 
-    /// Scores one batch: columns to tensors, the model's own validation, one run, outputs to
-    /// columns beside the kept ones.
-    /// Batches of more than [`RUN_ROWS`] rows run in slices of that many.
+    /// Scores one batch: columns to tensors, the model's own validation, the run (in slices of
+    /// [`crate::model::RUN_ROWS`] rows), outputs to columns beside the kept ones.
     pub fn score(&self, model: &Model, batch: &RecordBatch) -> Result<RecordBatch, ScoreError> {
-        let rows = batch.num_rows();
-        if rows == 0 {
+        if batch.num_rows() == 0 {
             // Nothing to run (models refuse empty batches); still the right columns.
             return Ok(RecordBatch::new_empty(self.schema.clone()));
         }
-        if rows <= RUN_ROWS {
-            return self.score_run(model, batch);
-        }
-        let parts = (0..rows)
-            .step_by(RUN_ROWS)
-            .map(|start| {
-                self.score_run(model, &batch.slice(start, RUN_ROWS.min(rows - start)))
-                    .map_err(|e| match e {
-                        ScoreError::Column(mut c) => {
-                            c.row = c.row.map(|r| r + start);
-                            ScoreError::Column(c)
-                        }
-                        other => other,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        arrow::compute::concat_batches(&self.schema, &parts).map_err(|e| ScoreError::Output {
-            column: String::new(),
-            reason: e.to_string(),
-        })
-    }
-
-    fn score_run(&self, model: &Model, batch: &RecordBatch) -> Result<RecordBatch, ScoreError> {
         let inputs = model.signature().validate(self.inputs(batch)?)?;
         let outputs = model.run(inputs)?;
         self.output_batch(batch, outputs)
