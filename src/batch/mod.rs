@@ -267,11 +267,6 @@ impl Job {
     pub fn total_rows(&self) -> Option<u64> {
         self.units.iter().map(|u| u.rows).sum()
     }
-
-    /// The units this job scores.
-    pub fn units(&self) -> &[Unit] {
-        &self.units
-    }
 }
 
 /// `schema` with the columns in `dtypes` given floating-point types.
@@ -281,13 +276,10 @@ fn retyped(schema: &Schema, dtypes: &[(usize, DType)]) -> Schema {
         .iter()
         .enumerate()
         .map(|(ix, field)| {
-            let float = dtypes.iter().find_map(|&(c, dtype)| {
-                (c == ix).then_some(match dtype {
-                    DType::F32 => Some(arrow::datatypes::DataType::Float32),
-                    DType::F64 => Some(arrow::datatypes::DataType::Float64),
-                    _ => None,
-                })?
-            });
+            let float = dtypes
+                .iter()
+                .find(|&&(c, dtype)| c == ix && matches!(dtype, DType::F32 | DType::F64))
+                .map(|&(_, dtype)| crate::columns::arrow_type(dtype));
             match float {
                 Some(dt) => field.as_ref().clone().with_data_type(dt),
                 None => field.as_ref().clone(),

@@ -33,6 +33,7 @@ use crate::signature::{Dim, InputError, Signature, TensorSpec};
 use crate::tensor::{DType, Tensor};
 
 pub use read::ColumnError;
+pub use write::arrow_type;
 
 /// How output values past the batch dimension are laid out as columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,17 +42,7 @@ pub(super) fn converts(from: &DataType, to: DType) -> bool {
         A::UInt64 => Some((false, 64)),
         _ => None,
     };
-    let target_int = match to {
-        DType::I8 => Some((true, 8)),
-        DType::I16 => Some((true, 16)),
-        DType::I32 => Some((true, 32)),
-        DType::I64 => Some((true, 64)),
-        DType::U8 => Some((false, 8)),
-        DType::U16 => Some((false, 16)),
-        DType::U32 => Some((false, 32)),
-        DType::U64 => Some((false, 64)),
-        _ => None,
-    };
+    let target_int = int_bits(&super::arrow_type(to));
     match to {
         DType::F16 | DType::F32 | DType::F64 => {
             int_bits(from).is_some() || matches!(from, A::Float16 | A::Float32 | A::Float64)

@@ -13,7 +13,8 @@ use arrow::datatypes::{DataType, Field};
 use super::{ListLayout, OutputBinding};
 use crate::tensor::{DType, Tensor};
 
-fn arrow_type(dtype: DType) -> DataType {
+/// The Arrow type that holds values of `dtype`.
+pub fn arrow_type(dtype: DType) -> DataType {
     match dtype {
         DType::F16 => DataType::Float16,
         DType::F32 => DataType::Float32,
