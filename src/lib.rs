@@ -19,6 +19,7 @@ pub mod proto;
 pub mod registry;
 pub mod repository;
 pub mod rest;
+mod row_ops;
 pub mod scheduler;
 pub mod server;
 pub mod signature;

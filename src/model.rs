@@ -250,6 +250,7 @@ fn decluttered_model(path: &Path) -> tract_onnx::prelude::TractResult<Decluttere
         .map(|o| graph.outlet_label(*o).map(str::to_owned))
         .collect();
     let mut typed = graph.into_typed()?.into_decluttered()?;
+    crate::row_ops::rewrite(&mut typed)?;
     label_outputs(&mut typed, &labels)?;
     Ok((typed, batch, labels))
 }

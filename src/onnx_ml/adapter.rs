@@ -31,6 +31,13 @@ pub(crate) fn boxed(kernel: impl Kernel) -> Box<dyn InferenceOp> {
     expand(MlOp(Arc::new(kernel)))
 }
 
+impl MlOp {
+    /// A kernel as a typed op, for rewriting a graph tract has already typed.
+    pub(crate) fn from_kernel(kernel: Arc<dyn Kernel>) -> MlOp {
+        MlOp(kernel)
+    }
+}
+
 impl PartialEq for MlOp {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)

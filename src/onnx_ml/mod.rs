@@ -12,7 +12,7 @@
 //! handling of two-class models with a single score column; each module says where that
 //! departs from the ONNX text.
 
-mod adapter;
+pub(crate) mod adapter;
 mod attrs;
 mod encoders;
 mod features;
