@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use tract_onnx::prelude::{
@@ -89,8 +89,52 @@ pub struct Model {
     signature: Signature,
     /// Runs any batch size.
     plan: Arc<TypedSimplePlan>,
-    /// Plans fixed to one batch size each.
+    /// Plans fixed to one batch size each, built at load.
     fixed: Vec<(usize, Arc<TypedSimplePlan>)>,
+    /// Plans fixed to the other batch sizes the model meets, for small models.
+    exact: Option<ExactPlans>,
+}
+
+/// The most bytes of ONNX file for which a model gets a plan for every batch size it meets.
+/// Each plan holds its own packed copy of the weights, so this bounds the memory at
+/// [`EXACT_PLANS`] copies; and a model this small is the kind whose runs are short enough for
+/// the symbolic plan's overhead to matter (the bundled MLP is 18 KB, the CNN 63 KB).
+const EXACT_PLAN_MAX_FILE: u64 = 1 << 20;
+
+/// The most batch sizes that get a plan built on first use, per model version.
+const EXACT_PLANS: usize = 64;
+
+/// What it takes to build a plan fixed to a batch size after load, and the ones built so far.
+/// A batch of a size not met before is optimised for that size, about 0.5 ms for the bundled
+/// MLP, on the thread that runs it; later batches of that size reuse the plan. A size whose
+/// plan failed to build, or that comes after [`EXACT_PLANS`] others, runs the symbolic plan.
+struct ExactPlans {
+    decluttered: TypedModel,
+    batch: Symbol,
+    labels: Vec<Option<String>>,
+    built: Mutex<HashMap<usize, Option<Arc<TypedSimplePlan>>>>,
+}
+
+impl ExactPlans {
+    fn get(&self, rows: usize) -> Option<Arc<TypedSimplePlan>> {
+        {
+            let built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(plan) = built.get(&rows) {
+                return plan.clone();
+            }
+            if built.len() >= EXACT_PLANS {
+                return None;
+            }
+        }
+        // Built outside the lock, so that other sizes keep running meanwhile; two threads
+        // meeting the same new size at once both build it, and the first one stored is kept.
+        let plan = fixed_plan(&self.decluttered, &self.batch, rows, &self.labels);
+        if let Err(e) = &plan {
+            tracing::warn!(rows, error = %format!("{e:#}"), "no plan fixed to this batch size; using the symbolic one");
+        }
+        let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
+        built.entry(rows).or_insert(plan.ok()).clone()
+    }
 }
 
 impl std::fmt::Debug for Model {
@@ -132,16 +176,19 @@ impl Model {
         sizes.dedup();
         let mut fixed = Vec::with_capacity(sizes.len());
         for size in sizes {
-            let bound = decluttered
-                .set_symbols(&HashMap::from([(batch.clone(), TDim::Val(size as i64))]))
-                .and_then(|m| optimise(m, &labels))
-                .and_then(|m| m.into_runnable())
-                .map_err(|e| LoadError {
-                    path: path.to_path_buf(),
-                    reason: format!("cannot build the plan for batch size {size}: {e:#}"),
-                })?;
+            let bound = fixed_plan(&decluttered, &batch, size, &labels).map_err(|e| LoadError {
+                path: path.to_path_buf(),
+                reason: format!("cannot build the plan for batch size {size}: {e:#}"),
+            })?;
             fixed.push((size, bound));
         }
+        let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= EXACT_PLAN_MAX_FILE);
+        let exact = (small && signature.batchable()).then(|| ExactPlans {
+            decluttered,
+            batch,
+            labels,
+            built: Mutex::default(),
+        });
         let plan = optimised.into_runnable().map_err(fail)?;
         Ok(Model {
             name: name.to_string(),
@@ -149,6 +196,7 @@ impl Model {
             signature,
             plan,
             fixed,
+            exact,
         })
     }
 
@@ -173,22 +221,29 @@ impl Model {
     }
 
     /// Runs the model: once, or for a batch of more than [`RUN_ROWS`] rows, once per slice of
-    /// that many, the outputs stacked back in order. Panics inside tract are contained and
-    /// reported as errors, so that a bad model or an engine bug fails one request, never the
-    /// process.
+    /// that many, the outputs stacked back in order. Each run takes the plan fixed to its row
+    /// count when there is one. Panics inside tract are contained and reported as errors, so
+    /// that a bad model or an engine bug fails one request, never the process.
     pub fn run(&self, inputs: ValidInputs) -> Result<Vec<Tensor>, RunError> {
-        if inputs.rows().is_none_or(|rows| rows <= RUN_ROWS) {
-            return self.run_once(inputs);
+        let rows = inputs.rows().unwrap_or(0);
+        if rows <= RUN_ROWS {
+            return self.run_plan(&self.plan_for(rows), inputs);
         }
-        let parts = inputs
-            .into_slices(RUN_ROWS)
+        let mut sizes = vec![RUN_ROWS; rows / RUN_ROWS];
+        if !rows.is_multiple_of(RUN_ROWS) {
+            sizes.push(rows % RUN_ROWS);
+        }
+        let slices = inputs
+            .into_pieces(&sizes)
+            .ok_or_else(|| RunError::Engine(format!("{rows} rows do not split into {sizes:?}")))?;
+        let parts = slices
             .into_iter()
-            .map(|slice| self.run_once(slice))
+            .map(|slice| self.run_plan(&self.plan_for(slice.rows().unwrap_or(0)), slice))
             .collect::<Result<Vec<_>, _>>()?;
         (0..self.signature.outputs.len())
             .map(|i| {
-                let pieces: Vec<&Tensor> = parts.iter().filter_map(|p| p.get(i)).collect();
-                Tensor::concat_rows(&pieces).ok_or_else(|| {
+                let outputs: Vec<&Tensor> = parts.iter().filter_map(|p| p.get(i)).collect();
+                Tensor::concat_rows(&outputs).ok_or_else(|| {
                     RunError::Engine(format!(
                         "output '{}' of {} slices does not stack",
                         self.signature.outputs[i].name,
@@ -199,11 +254,24 @@ impl Model {
             .collect()
     }
 
-    fn run_once(&self, inputs: ValidInputs) -> Result<Vec<Tensor>, RunError> {
-        let plan = inputs
-            .rows()
-            .and_then(|rows| self.fixed.iter().find(|(n, _)| *n == rows))
-            .map_or(&self.plan, |(_, plan)| plan);
+    /// The plan for a batch of `rows` rows (0 when the model has no batch dimension).
+    fn plan_for(&self, rows: usize) -> Arc<TypedSimplePlan> {
+        if rows == 0 {
+            return self.plan.clone();
+        }
+        self.fixed
+            .iter()
+            .find(|(n, _)| *n == rows)
+            .map(|(_, plan)| plan.clone())
+            .or_else(|| self.exact.as_ref()?.get(rows))
+            .unwrap_or_else(|| self.plan.clone())
+    }
+
+    fn run_plan(
+        &self,
+        plan: &Arc<TypedSimplePlan>,
+        inputs: ValidInputs,
+    ) -> Result<Vec<Tensor>, RunError> {
         let values = inputs
             .into_tensors()
             .iter()
@@ -263,6 +331,18 @@ fn optimise(
     let mut model = model.into_optimized()?;
     label_outputs(&mut model, labels)?;
     Ok(model)
+}
+
+/// A runnable plan with the batch symbol bound to `rows`.
+fn fixed_plan(
+    decluttered: &TypedModel,
+    batch: &Symbol,
+    rows: usize,
+    labels: &[Option<String>],
+) -> tract_onnx::prelude::TractResult<Arc<TypedSimplePlan>> {
+    let bound =
+        decluttered.set_symbols(&HashMap::from([(batch.clone(), TDim::Val(rows as i64))]))?;
+    optimise(bound, labels)?.into_runnable()
 }
 
 fn label_outputs(

@@ -195,32 +195,26 @@ impl ValidInputs {
                 .all(|(a, b)| a.shape().get(1..) == b.shape().get(1..))
     }
 
-    /// Cuts the batch into consecutive slices of at most `rows` rows; inputs without a batch
-    /// dimension stay whole.
-    pub fn into_slices(self, rows: usize) -> Vec<ValidInputs> {
-        let (Some(total), true) = (self.rows, rows > 0) else {
-            return vec![self];
-        };
-        let sizes: Vec<usize> = (0..total)
-            .step_by(rows)
-            .map(|start| rows.min(total - start))
-            .collect();
-        let split: Option<Vec<Vec<Tensor>>> =
-            self.tensors.iter().map(|t| t.split_rows(&sizes)).collect();
-        let Some(mut split) = split else {
-            return vec![self];
-        };
-        sizes
+    /// Cuts the batch into consecutive pieces of `sizes` rows, which must add up to the batch;
+    /// `None` when they do not, or the inputs have no batch dimension.
+    pub fn into_pieces(self, sizes: &[usize]) -> Option<Vec<ValidInputs>> {
+        if self.rows != Some(sizes.iter().sum()) {
+            return None;
+        }
+        let mut split = self
+            .tensors
             .iter()
-            .rev()
-            .map(|&n| ValidInputs {
-                tensors: split.iter_mut().filter_map(Vec::pop).collect(),
-                rows: Some(n),
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect()
+            .map(|t| t.split_rows(sizes).map(Vec::into_iter))
+            .collect::<Option<Vec<_>>>()?;
+        Some(
+            sizes
+                .iter()
+                .map(|&n| ValidInputs {
+                    tensors: split.iter_mut().filter_map(Iterator::next).collect(),
+                    rows: Some(n),
+                })
+                .collect(),
+        )
     }
 
     /// Stacks inputs that [`stacks_with`](Self::stacks_with) each other into one batch, or
@@ -409,20 +403,21 @@ mod tests {
     }
 
     #[test]
-    fn slices_keep_rows_in_order_and_every_input_together() {
+    fn pieces_keep_rows_in_order_and_every_input_together() {
         let values: Vec<f32> = (0..15).map(|v| v as f32).collect();
         let x = Tensor::from_values(vec![5, 3], &values).expect("valid");
         let valid = signature()
             .validate([("X".to_string(), x), ("mask".to_string(), mask(5))])
             .expect("valid");
-        let slices = valid.into_slices(2);
+        assert!(valid.clone().into_pieces(&[2, 2]).is_none());
+        let slices = valid.into_pieces(&[2, 1, 2]).expect("5 rows");
         let rows: Vec<Option<usize>> = slices.iter().map(ValidInputs::rows).collect();
-        assert_eq!(rows, [Some(2), Some(2), Some(1)]);
+        assert_eq!(rows, [Some(2), Some(1), Some(2)]);
         let firsts: Vec<f32> = slices
             .iter()
             .map(|s| s.tensors()[0].to_values::<f32>().expect("f32")[0])
             .collect();
-        assert_eq!(firsts, [0.0, 6.0, 12.0]);
+        assert_eq!(firsts, [0.0, 6.0, 9.0]);
         assert!(
             slices
                 .iter()
