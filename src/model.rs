@@ -5,17 +5,21 @@
 //! - Exporters such as skl2onnx declare the batch dimension as unknown (`None`), and tract cannot
 //!   type such a graph. We give every unknown first dimension the symbol `N` and every other
 //!   unknown dimension a fresh symbol before optimising; named `dim_param`s stay as they are.
-//! - One plan optimised with a symbolic batch dimension runs any batch size, so a model is
-//!   optimised exactly once at load, never per request. Plans are `Send + Sync`: worker threads
-//!   share one plan.
+//! - One plan optimised with a symbolic batch dimension runs any batch size, and plans are
+//!   `Send + Sync`: worker threads share them.
 //! - A plan optimised for one fixed batch size (the symbol bound with `set_symbols` on the
 //!   decluttered graph, then optimised) is faster on small models: tract resolves shapes and
-//!   picks kernels once instead of on every run. `preferred_batch_sizes` builds one such plan per
-//!   size, at load; a batch of exactly that many rows uses it, any other size the symbolic plan.
-//!   Measured (`benches/engine.rs`): the bundled CNN at one row 29 µs fixed against 53 µs
-//!   symbolic, the MLP at 32 rows 19 µs against 30 µs; the tree ensemble is the same either way.
-//!   Padding a batch up to the next fixed size does not pay: 5 rows of the CNN take 179 µs
+//!   picks kernels once instead of on every run. Measured (`benches/engine.rs`, and by hand
+//!   after `row_ops`): the bundled CNN at one row 29 µs fixed against 53 µs symbolic, the MLP
+//!   at 32 rows 11 µs against 17 µs and at 1,000 rows 0.22 ms against 0.59 ms; the tree
+//!   ensemble is the same either way. `preferred_batch_sizes` builds such plans at load; a
+//!   small model also gets one per batch size it meets, on first use ([`ExactPlans`]). Nothing
+//!   is optimised per request beyond that first time.
+//! - Padding a batch up to the next fixed size does not pay: 5 rows of the CNN take 179 µs
 //!   symbolic and 247 µs padded to 8, and the MLP breaks even. So batches are never padded.
+//! - tract runs a convolution over one image with lazy im2col, and over a batch with eager
+//!   im2col into freshly allocated memory: the CNN costs 28 µs for one row, 46 µs a row at 8.
+//!   So whether stacking rows pays is measured at load ([`Model::batches_pay`]).
 //! - A `Cast` to INT64 can produce tract's symbolic-dimension type (TDim); outputs are cast to
 //!   INT64 before they leave this module.
 
@@ -93,6 +97,8 @@ pub struct Model {
     fixed: Vec<(usize, Arc<TypedSimplePlan>)>,
     /// Plans fixed to the other batch sizes the model meets, for small models.
     exact: Option<ExactPlans>,
+    /// Whether stacked rows run faster than one at a time (see [`Model::batches_pay`]).
+    batches_pay: bool,
 }
 
 /// The most bytes of ONNX file for which a model gets a plan for every batch size it meets.
@@ -190,14 +196,76 @@ impl Model {
             built: Mutex::default(),
         });
         let plan = optimised.into_runnable().map_err(fail)?;
-        Ok(Model {
+        let mut model = Model {
             name: name.to_string(),
             version,
             signature,
             plan,
             fixed,
             exact,
-        })
+            batches_pay: true,
+        };
+        if model.exact.is_some() {
+            model.batches_pay = model.stacking_pays();
+        }
+        Ok(model)
+    }
+
+    /// Whether a batch of rows runs faster stacked into one run than one row at a time. Most
+    /// models amortise their fixed costs over the rows; but tract runs a convolution over one
+    /// image with lazy im2col and over a batch with eager im2col into fresh memory, so the
+    /// bundled CNN takes 28 µs for one row and 46 µs a row in a batch of 8. Such a model runs
+    /// its rows one at a time, and the scheduler does not batch it.
+    pub fn batches_pay(&self) -> bool {
+        self.batches_pay
+    }
+
+    /// Times 8 rows of zeros stacked against the same rows one at a time, best of three each,
+    /// for a small model at load (a few ms for the CNN). A model whose inputs have other free
+    /// dimensions, or text, is taken to gain from batching.
+    fn stacking_pays(&self) -> bool {
+        const ROWS: usize = 8;
+        let zeros = |rows: usize| -> Option<ValidInputs> {
+            let mut named = Vec::new();
+            for spec in &self.signature.inputs {
+                let shape = spec
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(axis, dim)| match dim {
+                        Dim::Fixed(n) => Some(*n),
+                        Dim::Symbol(_) if axis == 0 => Some(rows),
+                        Dim::Symbol(_) => None,
+                    })
+                    .collect::<Option<Vec<usize>>>()?;
+                let bytes = shape.iter().product::<usize>() * spec.dtype.size()?;
+                let zeros = Tensor::from_bytes(spec.dtype, shape, Bytes::from(vec![0; bytes]));
+                named.push((spec.name.clone(), zeros.ok()?));
+            }
+            self.signature.validate(named).ok()
+        };
+        let (Some(one), Some(stacked)) = (zeros(1), zeros(ROWS)) else {
+            return true;
+        };
+        let best_of_three = |run: &dyn Fn() -> bool| {
+            (0..3)
+                .map(|_| {
+                    let started = std::time::Instant::now();
+                    run().then(|| started.elapsed())
+                })
+                .min()
+                .flatten()
+        };
+        let stacked_time = best_of_three(&|| self.run(stacked.clone()).is_ok());
+        let single_time = best_of_three(&|| {
+            (0..ROWS).all(|_| self.run_plan(&self.plan_for(1), one.clone()).is_ok())
+        });
+        let pays = match (stacked_time, single_time) {
+            (Some(stacked), Some(single)) => stacked < single,
+            _ => true,
+        };
+        tracing::debug!(model = %self.name, ?stacked_time, ?single_time, pays, "batching {ROWS} rows");
+        pays
     }
 
     /// The batch sizes that have a plan of their own, ascending.
@@ -220,18 +288,20 @@ impl Model {
         &self.signature
     }
 
-    /// Runs the model: once, or for a batch of more than [`RUN_ROWS`] rows, once per slice of
-    /// that many, the outputs stacked back in order. Each run takes the plan fixed to its row
+    /// Runs the model: once, or for a batch of more than [`RUN_ROWS`] rows (more than one, if
+    /// [batches do not pay](Self::batches_pay)), once per slice of that many, the outputs
+    /// stacked back in order. Each run takes the plan fixed to its row
     /// count when there is one. Panics inside tract are contained and reported as errors, so
     /// that a bad model or an engine bug fails one request, never the process.
     pub fn run(&self, inputs: ValidInputs) -> Result<Vec<Tensor>, RunError> {
         let rows = inputs.rows().unwrap_or(0);
-        if rows <= RUN_ROWS {
+        let most = if self.batches_pay { RUN_ROWS } else { 1 };
+        if rows <= most {
             return self.run_plan(&self.plan_for(rows), inputs);
         }
-        let mut sizes = vec![RUN_ROWS; rows / RUN_ROWS];
-        if !rows.is_multiple_of(RUN_ROWS) {
-            sizes.push(rows % RUN_ROWS);
+        let mut sizes = vec![most; rows / most];
+        if !rows.is_multiple_of(most) {
+            sizes.push(rows % most);
         }
         let slices = inputs
             .into_pieces(&sizes)
@@ -512,4 +582,79 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn bundled(name: &str) -> Model {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(name)
+            .join("1/model.onnx");
+        Model::load(name, 1, &path, &[]).expect("bundled model loads")
+    }
+
+    /// `rows` rows of pixel-like values, different on every row.
+    fn pixels(model: &Model, rows: usize) -> ValidInputs {
+        let spec = &model.signature().inputs[0];
+        let mut shape = vec![rows];
+        shape.extend(spec.shape[1..].iter().map(|d| match d {
+            Dim::Fixed(n) => *n,
+            Dim::Symbol(_) => panic!("bundled image models have fixed widths"),
+        }));
+        let count: usize = shape.iter().product();
+        let values: Vec<f32> = (0..count).map(|i| ((i * 7 + i / 64) % 17) as f32).collect();
+        let tensor = Tensor::from_values(shape, &values).unwrap();
+        model
+            .signature()
+            .validate([(spec.name.clone(), tensor)])
+            .unwrap()
+    }
+
+    fn assert_same(name: &str, way: &str, expected: &[Tensor], got: &[Tensor]) {
+        assert_eq!(expected.len(), got.len());
+        for (e, g) in expected.iter().zip(got) {
+            assert_eq!(e.shape(), g.shape(), "{name}, {way}");
+            match e.dtype() {
+                DType::F32 => {
+                    let (e, g) = (e.to_values::<f32>().unwrap(), g.to_values::<f32>().unwrap());
+                    for (ix, (a, b)) in e.iter().zip(&g).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-5,
+                            "{name}, {way}, element {ix}: {a} vs {b}"
+                        );
+                    }
+                }
+                _ => assert_eq!(e, g, "{name}, {way}"),
+            }
+        }
+    }
+
+    /// Stacked on plans fixed to each size (1,024 rows, then 9), one row at a time, and on the
+    /// symbolic plan: the same rows in the same order. The reference tests check whichever way
+    /// the load-time measurement picks against onnxruntime; this pins the others to it.
+    #[test]
+    fn every_way_of_running_a_batch_gives_the_same_rows() {
+        for (name, rows) in [("digits_mlp", 1033), ("digits_cnn", 40)] {
+            let mut model = bundled(name);
+            let inputs = pixels(&model, rows);
+            model.batches_pay = true;
+            let stacked = model.run(inputs.clone()).unwrap();
+            assert_eq!(stacked[0].rows(), rows);
+            model.batches_pay = false;
+            assert_same(
+                name,
+                "one row at a time",
+                &stacked,
+                &model.run(inputs.clone()).unwrap(),
+            );
+            model.batches_pay = true;
+            model.exact = None;
+            assert_same(name, "symbolic plan", &stacked, &model.run(inputs).unwrap());
+        }
+    }
 }

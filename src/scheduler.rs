@@ -142,7 +142,9 @@ impl Scheduler {
                 jobs: jobs.clone(),
                 idle: Arc::clone(&idle),
                 stats: Arc::clone(&stats),
-                max_rows,
+                // A model that runs no faster batched still takes batches from its callers,
+                // and reports that it does; its workers just do not stack requests.
+                max_rows: if model.batches_pay() { max_rows } else { 0 },
                 delay: config.max_queue_delay,
                 carry: None,
             };
