@@ -193,6 +193,17 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn put_le(self, out: &mut Vec<u8>);
     /// Reads one value from exactly `size` little-endian bytes.
     fn get_le(bytes: &[u8]) -> Self;
+    /// Appends the little-endian bytes of every value.
+    fn extend_le(values: &[Self], out: &mut Vec<u8>) {
+        values.iter().for_each(|v| v.put_le(out));
+    }
+    /// Reads every value from little-endian bytes, `size` each.
+    fn read_le(bytes: &[u8]) -> Vec<Self> {
+        bytes
+            .chunks_exact(std::mem::size_of::<Self>().max(1))
+            .map(Self::get_le)
+            .collect()
+    }
 }
 
 macro_rules! element {
@@ -206,6 +217,25 @@ macro_rules! element {
                 let mut a = [0u8; std::mem::size_of::<$t>()];
                 a.copy_from_slice(bytes);
                 <$t>::from_le_bytes(a)
+            }
+            // On little-endian machines the values' memory is already the wire's bytes: one
+            // copy instead of one call per element (10% of a 32-row MLP call from Python).
+            fn extend_le(values: &[Self], out: &mut Vec<u8>) {
+                if cfg!(target_endian = "little") {
+                    out.extend_from_slice(bytemuck::cast_slice(values));
+                } else {
+                    values.iter().for_each(|v| v.put_le(out));
+                }
+            }
+            fn read_le(bytes: &[u8]) -> Vec<Self> {
+                if cfg!(target_endian = "little") {
+                    bytemuck::pod_collect_to_vec(bytes)
+                } else {
+                    bytes
+                        .chunks_exact(std::mem::size_of::<$t>())
+                        .map(Self::get_le)
+                        .collect()
+                }
             }
         }
     };
@@ -293,7 +323,14 @@ impl Tensor {
 
     /// A tensor from typed values.
     pub fn from_values<T: Element>(shape: Vec<usize>, values: &[T]) -> Result<Self, TensorError> {
-        Self::from_converted(T::DTYPE, shape, values, |v: &T| Ok(*v))
+        check_count(&shape, values.len())?;
+        let mut out = Vec::with_capacity(std::mem::size_of_val(values));
+        T::extend_le(values, &mut out);
+        Ok(Tensor {
+            dtype: T::DTYPE,
+            shape,
+            data: Data::Bytes(out.into()),
+        })
     }
 
     /// A tensor of `dtype` from wider wire values (e.g. INT8 sent as int32), each checked to fit.
@@ -464,8 +501,7 @@ impl Tensor {
     /// The values decoded as `T`, or `None` if `T` is not this tensor's dtype.
     pub fn to_values<T: Element>(&self) -> Option<Vec<T>> {
         let bytes = self.bytes()?;
-        let size = self.dtype.size()?;
-        (T::DTYPE == self.dtype).then(|| bytes.chunks_exact(size).map(T::get_le).collect())
+        (T::DTYPE == self.dtype).then(|| T::read_le(bytes))
     }
 }
 
