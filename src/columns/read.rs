@@ -1,6 +1,6 @@
 //! Columns to tensors: casts that keep values, nulls found by row, values laid out row-major.
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type,
@@ -158,36 +158,53 @@ fn interleave<T: ArrowPrimitiveType>(
     fill: Option<T::Native>,
     row_of: &dyn Fn(usize) -> usize,
 ) -> Result<Vec<T::Native>, ColumnError> {
-    let k = arrays.len();
-    let rows = arrays.first().map_or(0, |a| a.len());
-    let mut out = vec![T::Native::default(); rows * k];
-    for (j, (array, name)) in arrays.iter().zip(names).enumerate() {
+    let mut columns = Vec::with_capacity(arrays.len());
+    for (array, name) in arrays.iter().zip(names) {
         let converted = cast(array, &T::DATA_TYPE).map_err(|e| ColumnError {
             column: name.to_string(),
             row: None,
             reason: format!("cannot convert {} to {dtype}: {e}", array.data_type()),
         })?;
-        let Some(column) = converted.as_primitive_opt::<T>() else {
+        if converted.as_primitive_opt::<T>().is_none() {
             return Err(ColumnError {
                 column: name.to_string(),
                 row: None,
                 reason: format!("cannot convert {} to {dtype}", array.data_type()),
             });
-        };
-        let values = column.values();
-        match (column.nulls().filter(|n| n.null_count() > 0), fill) {
-            (None, _) if k == 1 => out.copy_from_slice(values),
-            (None, _) => {
-                for (i, v) in values.iter().enumerate() {
-                    out[i * k + j] = *v;
+        }
+        if let Some(nulls) = converted.nulls().filter(|n| n.null_count() > 0)
+            && fill.is_none()
+        {
+            return Err(null_error(name, nulls, dtype, row_of));
+        }
+        columns.push(converted);
+    }
+    let columns: Vec<&PrimitiveArray<T>> = columns.iter().map(|c| c.as_primitive::<T>()).collect();
+    let k = columns.len();
+    let rows = columns.first().map_or(0, |c| c.len());
+    let mut out = vec![T::Native::default(); rows * k];
+    if let ([column], None) = (&columns[..], fill) {
+        out.copy_from_slice(column.values());
+        return Ok(out);
+    }
+    // Row-major output from columns is a transpose. Done in blocks of rows, so that the block
+    // being written stays in cache while every column visits it: column by column over the
+    // whole batch, 64 columns took most of `predict_arrow`'s time on the bundled MLP.
+    const BLOCK: usize = 256;
+    for start in (0..rows).step_by(BLOCK) {
+        let end = (start + BLOCK).min(rows);
+        let block = &mut out[start * k..end * k];
+        for (j, column) in columns.iter().enumerate() {
+            let values = &column.values()[start..end];
+            let slots = block[j..].iter_mut().step_by(k);
+            match (column.nulls().filter(|n| n.null_count() > 0), fill) {
+                (Some(nulls), Some(fill)) => {
+                    for (i, (slot, v)) in slots.zip(values).enumerate() {
+                        *slot = if nulls.is_null(start + i) { fill } else { *v };
+                    }
                 }
+                _ => slots.zip(values).for_each(|(slot, v)| *slot = *v),
             }
-            (Some(nulls), Some(fill)) => {
-                for (i, v) in values.iter().enumerate() {
-                    out[i * k + j] = if nulls.is_null(i) { fill } else { *v };
-                }
-            }
-            (Some(nulls), None) => return Err(null_error(name, nulls, dtype, row_of)),
         }
     }
     Ok(out)
@@ -303,4 +320,44 @@ fn flatten_list(
         ));
     }
     Ok((values.slice(start, spans.len() * width), width))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use arrow::array::Float32Array;
+
+    use super::*;
+
+    /// Three columns over more rows than one block, the middle one with nulls in several
+    /// blocks: the row-major matrix has every value in its place and `fill` in the nulls.
+    #[test]
+    fn interleaves_columns_across_blocks_with_nulls_filled() {
+        let rows = 600;
+        let null_rows = [5, 300, 599];
+        let column = |j: usize| -> ArrayRef {
+            Arc::new(Float32Array::from_iter((0..rows).map(|i| {
+                (j != 1 || !null_rows.contains(&i)).then_some((i * 10 + j) as f32)
+            })))
+        };
+        let arrays: Vec<ArrayRef> = (0..3).map(column).collect();
+        let names = ["a", "b", "c"];
+        let out =
+            interleave::<Float32Type>(&arrays, &names, DType::F32, Some(-1.0), &|i| i).unwrap();
+        for i in 0..rows {
+            for j in 0..3 {
+                let want = if j == 1 && null_rows.contains(&i) {
+                    -1.0
+                } else {
+                    (i * 10 + j) as f32
+                };
+                assert_eq!(out[i * 3 + j], want, "row {i}, column {j}");
+            }
+        }
+        let error = interleave::<Float32Type>(&arrays, &names, DType::F32, None, &|i| i);
+        assert_eq!(error.unwrap_err().row, Some(5));
+    }
 }
