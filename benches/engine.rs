@@ -1,10 +1,10 @@
 //! In-process costs, no RPC: each bundled model run by the engine at batch 1, 8 and 32, and the
 //! wire conversions of a request's tensor. These are the baselines the load benchmarks divide by.
 //!
-//! `model/<name>/<rows>` runs the plan with a symbolic batch dimension (every model has it);
-//! `fixed_plan/<name>/<rows>` the plan optimised for exactly that many rows
-//! (`preferred_batch_sizes`). Padding a 5-row batch to 8 pays off when `fixed_plan/<name>/8`
-//! beats `model/<name>/5`.
+//! `model/<name>/<rows>` runs the model as the server does: on plans fixed to each batch size
+//! (built on first use for small models), and row by row where batching does not pay.
+//! `symbolic_plan/<name>/<rows>` runs every size on the one plan with a symbolic batch
+//! dimension, which is what every batch size other than the preferred ones ran before.
 //!
 //! `cargo bench --bench engine`
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -54,48 +54,41 @@ fn inputs(models: &Path, name: &str, rows: usize) -> Vec<(String, Tensor)> {
         .collect()
 }
 
+/// Batch sizes: one row, small batches, and a big one that runs as a 1,024-row slice plus 8.
+const ROWS: [usize; 6] = [1, 5, 8, 32, 1000, 1032];
+
 fn models(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let catalog = repository::open(&dir).unwrap();
-    let mut group = c.benchmark_group("model");
-    for (name, entry) in &catalog.models {
-        let Some(Slot::Ready(model)) = entry.versions.values().next_back() else {
-            panic!("{name} did not load");
-        };
-        for rows in [1usize, 5, 8, 32] {
-            let valid = model
-                .signature()
-                .validate(inputs(&dir, name, rows))
-                .unwrap();
-            group.throughput(Throughput::Elements(rows as u64));
-            group.bench_with_input(BenchmarkId::new(name.as_str(), rows), &valid, |b, valid| {
-                b.iter(|| black_box(model.run(valid.clone()).unwrap()))
-            });
+    for symbolic in [false, true] {
+        let mut group = c.benchmark_group(if symbolic { "symbolic_plan" } else { "model" });
+        for (name, entry) in &catalog.models {
+            let (&version, _) = entry.versions.last_key_value().unwrap();
+            let path = dir
+                .join(name)
+                .join(version.to_string())
+                .join(repository::MODEL_FILE);
+            let model = Model::load(name, version, &path, &[1]).unwrap();
+            let model = if symbolic {
+                model.with_symbolic_plan_only()
+            } else {
+                model
+            };
+            for rows in ROWS {
+                let valid = model
+                    .signature()
+                    .validate(inputs(&dir, name, rows))
+                    .unwrap();
+                group.throughput(Throughput::Elements(rows as u64));
+                group.bench_with_input(
+                    BenchmarkId::new(name.as_str(), rows),
+                    &valid,
+                    |b, valid| b.iter(|| black_box(model.run(valid.clone()).unwrap())),
+                );
+            }
         }
+        group.finish();
     }
-    group.finish();
-
-    let sizes = [1usize, 8, 32];
-    let mut group = c.benchmark_group("fixed_plan");
-    for (name, entry) in &catalog.models {
-        let (&version, _) = entry.versions.last_key_value().unwrap();
-        let path = dir
-            .join(name)
-            .join(version.to_string())
-            .join(repository::MODEL_FILE);
-        let model = Model::load(name, version, &path, &sizes).unwrap();
-        for rows in sizes {
-            let valid = model
-                .signature()
-                .validate(inputs(&dir, name, rows))
-                .unwrap();
-            group.throughput(Throughput::Elements(rows as u64));
-            group.bench_with_input(BenchmarkId::new(name.as_str(), rows), &valid, |b, valid| {
-                b.iter(|| black_box(model.run(valid.clone()).unwrap()))
-            });
-        }
-    }
-    group.finish();
 }
 
 /// The cost of going through a model's queue and worker thread instead of calling it directly:

@@ -134,9 +134,14 @@ impl ExactPlans {
         }
         // Built outside the lock, so that other sizes keep running meanwhile; two threads
         // meeting the same new size at once both build it, and the first one stored is kept.
-        let plan = fixed_plan(&self.decluttered, &self.batch, rows, &self.labels);
-        if let Err(e) = &plan {
-            tracing::warn!(rows, error = %format!("{e:#}"), "no plan fixed to this batch size; using the symbolic one");
+        // This runs on a request's thread, so a panic in tract's optimiser is contained too.
+        let plan = catch_unwind(AssertUnwindSafe(|| {
+            fixed_plan(&self.decluttered, &self.batch, rows, &self.labels)
+                .map_err(|e| format!("{e:#}"))
+        }))
+        .unwrap_or_else(|panic| Err(panic_message(&*panic)));
+        if let Err(error) = &plan {
+            tracing::warn!(rows, %error, "no plan fixed to this batch size; using the symbolic one");
         }
         let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
         built.entry(rows).or_insert(plan.ok()).clone()
@@ -266,6 +271,14 @@ impl Model {
         };
         tracing::debug!(model = %self.name, ?stacked_time, ?single_time, pays, "batching {ROWS} rows");
         pays
+    }
+
+    /// The same model with only its symbolic plan, which then runs every batch size: what the
+    /// fixed plans are measured against (`benches/engine.rs`).
+    pub fn with_symbolic_plan_only(mut self) -> Model {
+        self.fixed.clear();
+        self.exact = None;
+        self
     }
 
     /// The batch sizes that have a plan of their own, ascending.
@@ -653,7 +666,7 @@ mod tests {
                 &model.run(inputs.clone()).unwrap(),
             );
             model.batches_pay = true;
-            model.exact = None;
+            let model = model.with_symbolic_plan_only();
             assert_same(name, "symbolic plan", &stacked, &model.run(inputs).unwrap());
         }
     }
