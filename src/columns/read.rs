@@ -1,10 +1,11 @@
 //! Columns to tensors: casts that keep values, nulls found by row, values laid out row-major.
 
 use arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray, RecordBatch};
+use arrow::buffer::Buffer;
 use arrow::compute::cast;
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type,
-    Int32Type, Int64Type, ToByteSlice, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use bytes::Bytes;
 
@@ -104,12 +105,9 @@ pub(super) fn tensor(
     macro_rules! primitive {
         ($t:ty, $fill:expr) => {{
             let values = interleave::<$t>(&arrays, &names, input.dtype, $fill, &row_of)?;
-            Tensor::from_bytes(
-                input.dtype,
-                shape,
-                Bytes::copy_from_slice(values.to_byte_slice()),
-            )
-            .map_err(invalid)
+            // The tensor owns the values' buffer as it is: a 100,000 x 64 batch is 25 MB.
+            let bytes = Bytes::from_owner(Buffer::from_vec(values));
+            Tensor::from_bytes(input.dtype, shape, bytes).map_err(invalid)
         }};
     }
     match input.dtype {
