@@ -53,6 +53,20 @@ def test_every_bundled_model_matches_onnxruntime(reference):
         assert_matches(outputs[name], expected, f"{ref['model']} {name}")
 
 
+def test_arrays_in_any_memory_order_give_the_onnxruntime_values():
+    # C-ordered arrays are copied in one piece; Fortran-ordered and strided ones element by
+    # element. All three must give the reference.
+    ref = json.loads((MODELS / "digits_mlp" / "reference.json").read_text())
+    model = predictd.load(str(MODELS), "digits_mlp")
+    x = tensor(ref["inputs"]["X"])
+    wide = np.zeros((x.shape[0], 2 * x.shape[1]), dtype=x.dtype)
+    wide[:, ::2] = x
+    for layout, array in [("C", x), ("Fortran", np.asfortranarray(x)), ("strided", wide[:, ::2])]:
+        outputs = model.predict({"X": array})
+        for name, expected in ref["outputs"].items():
+            assert_matches(outputs[name], expected, f"{layout}-ordered input, {name}")
+
+
 def test_metadata_names_dtypes_and_free_dimensions():
     model = predictd.load(str(MODELS), "digits_cnn", version=1)
     assert model.inputs == [{"name": "image", "dtype": "FP32", "shape": [-1, 1, 8, 8]}]
