@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod columns;
 pub mod config;
+mod dense;
 pub mod error;
 pub mod grpc;
 pub mod infer;
