@@ -10,6 +10,7 @@ carried in the task graph) for workers without shared storage. Column rules are 
 batch`'s; `[N, k]` outputs become columns of k-value lists.
 """
 
+import numpy as np
 import pyarrow as pa
 
 from . import _workers
@@ -18,10 +19,23 @@ from ._workers import ship
 __all__ = ["predict", "ship"]
 
 
+def _arrow(frame):
+    """FRAME as `pa.Table.from_pandas` makes it (NaN is null), without its copies: a numeric
+    column with no NaN is handed to Arrow as it is. `from_pandas` took a quarter of a partition's
+    time on a 64-column frame."""
+    arrays = []
+    for _, column in frame.items():
+        values = column.to_numpy() if isinstance(column.dtype, np.dtype) and column.dtype.kind in "biuf" else None
+        if values is None or (values.dtype.kind == "f" and np.isnan(values).any()):
+            arrays.append(pa.array(column, from_pandas=True))
+        else:
+            arrays.append(pa.array(values))
+    return pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
+
+
 def _score(frame, models, name, version, feed, fetch, keep):
     model = _workers.model(models, name, version)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    out = model.predict_arrow(table, feed=feed, fetch=fetch, keep=keep, lists="list")
+    out = model.predict_arrow(_arrow(frame), feed=feed, fetch=fetch, keep=keep)
     result = out.to_pandas()
     result.index = frame.index
     return result

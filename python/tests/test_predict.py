@@ -150,6 +150,24 @@ def test_bad_feeds_raise_predict_error_naming_the_column():
         model.predict_arrow(words, feed={"X": [f"feature {j}" for j in range(13)]})
 
 
+def test_dask_partitions_reach_arrow_as_from_pandas_makes_them():
+    pd = pytest.importorskip("pandas")
+    from predictd.dask import _arrow
+
+    frame = pd.DataFrame({
+        "clean": np.arange(5, dtype=np.float32),
+        "holed": np.array([1.0, np.nan, 3.0, 4.0, 5.0]),  # NaN is null, as pandas means it
+        "count": np.arange(5),
+        "flag": [True, False, True, True, False],
+        "note": ["a", None, "c", "d", "e"],
+        "nullable": pd.array([1, None, 3, 4, 5], dtype="Int64"),
+    }, index=[10, 11, 12, 13, 14])
+    want = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata()
+    got = _arrow(frame)
+    assert got.equals(want), f"{got}\n{want}"
+    assert got.column("holed").null_count == 1
+
+
 def test_the_running_server_gives_the_same_values():
     """The same rows through `predictd serve` (KServe v2 REST) and through the package."""
     import re
