@@ -172,6 +172,10 @@ fn binary_with_constant<Op: BinMiniOp>(
     let Some(other) = node.inputs.iter().find(|i| **i != input) else {
         return Ok(None);
     };
+    // The constant must not broadcast `input` to a larger shape (`[N, 1] × [1, K]`).
+    if model.outlet_fact(OutletId::new(id, 0))?.shape != model.outlet_fact(input)?.shape {
+        return Ok(None);
+    }
     let fact = model.outlet_fact(*other)?;
     let Some(constant) = fact.konst.as_ref() else {
         return Ok(None);
@@ -531,7 +535,9 @@ mod tests {
     }
 
     fn run(model: &TypedModel, rows: usize) -> TVec<TValue> {
-        let x = tract_ndarray::Array2::from_shape_vec((rows, 3), values(rows * 3, 9)).unwrap();
+        let width = model.input_fact(0).unwrap().shape[1].to_usize().unwrap();
+        let x =
+            tract_ndarray::Array2::from_shape_vec((rows, width), values(rows * width, 9)).unwrap();
         let n = model.symbols.get("N").unwrap();
         let bound = model
             .set_symbols(&std::collections::HashMap::from([(
@@ -607,5 +613,37 @@ mod tests {
             "{ops:?}"
         );
         assert!(!ops.contains(&"EinSum".to_string()), "{ops:?}");
+    }
+
+    #[test]
+    fn a_scaling_that_broadcasts_its_input_stays_outside() {
+        if !kernel::available() {
+            return;
+        }
+        let mut before = TypedModel::default();
+        let n = before.sym("N");
+        let x = before
+            .add_source("x", f32::fact(&[n.to_dim(), 1.to_dim()]))
+            .unwrap();
+        let s = before
+            .add_const("s", tensor2(&[[0.5f32, 2.0, -1.0]]))
+            .unwrap();
+        let wide = before.wire_node("scale", math::mul(), &[x, s]).unwrap()[0];
+        let w = tract_ndarray::Array2::from_shape_vec((3, 5), values(15, 1)).unwrap();
+        let w = before.add_const("w", Tensor::from(w)).unwrap();
+        let product = EinSum::new("mk,kn->mn".parse().unwrap(), DatumType::F32);
+        let y = before.wire_node("product", product, &[wide, w]).unwrap()[0];
+        before.select_output_outlets(&[y]).unwrap();
+        let mut after = before.clone();
+        rewrite(&mut after).unwrap();
+        assert_eq!(ops(&after), ["Source", "Const", "Mul", "Dense"]);
+        let (theirs, ours) = (run(&before, 4), run(&after, 4));
+        let (theirs, ours) = (plain_f32(&theirs[0]), plain_f32(&ours[0]));
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{ours:?} vs {theirs:?}"
+            );
+        }
     }
 }
