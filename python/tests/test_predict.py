@@ -54,8 +54,8 @@ def test_every_bundled_model_matches_onnxruntime(reference):
 
 
 def test_arrays_in_any_memory_order_give_the_onnxruntime_values():
-    # C-ordered arrays are copied in one piece; Fortran-ordered and strided ones element by
-    # element. All three must give the reference.
+    # Fortran-ordered and strided arrays are first laid out in C order by numpy, then copied in
+    # one piece as C-ordered ones are. All three must give the reference.
     ref = json.loads((MODELS / "digits_mlp" / "reference.json").read_text())
     model = predictd.load(str(MODELS), "digits_mlp")
     x = tensor(ref["inputs"]["X"])
