@@ -342,7 +342,12 @@ mod kernel {
     #[inline]
     fn block_of<const R: usize>(dense: &Dense, xs: &[f32], ys: &mut [f32]) {
         let (k, n) = (dense.k, dense.n);
-        let xs: [&[f32]; R] = std::array::from_fn(|r| &xs[r * k..(r + 1) * k]);
+        // A loop rather than `array::from_fn`, which LLVM left as a call per block.
+        let mut rows = [&xs[..0]; R];
+        for (r, row) in rows.iter_mut().enumerate() {
+            *row = &xs[r * k..(r + 1) * k];
+        }
+        let xs = rows;
         let (halves, _) = dense.panels.as_chunks::<8>();
         for (p, panel) in halves.chunks_exact(2 * k).enumerate() {
             let mut lo = [_mm256_setzero_ps(); R];
@@ -372,14 +377,35 @@ mod kernel {
             }
             let from = p * WIDTH;
             for (r, y) in ys.chunks_exact_mut(n).enumerate().take(R) {
-                let row: [f32; WIDTH] = cast([lo[r], hi[r]]);
-                // A whole panel is stored as one fixed-size array; a call to memcpy per row
-                // took a sixth of the run.
-                match y[from..].first_chunk_mut::<WIDTH>() {
-                    Some(whole) => *whole = row,
-                    None => y[from..].iter_mut().zip(row).for_each(|(o, v)| *o = v),
-                }
+                store(&mut y[from..], &cast([lo[r], hi[r]]));
             }
+        }
+    }
+
+    /// Stores as much of `row` as `y` holds, in fixed-size arrays: a copy of any other length
+    /// is a call to memcpy, which took a sixth of the run for whole panels and, for the bundled
+    /// MLP's 10-class layer, 4% of a `predict` call at 4,096 rows.
+    #[inline]
+    fn store(y: &mut [f32], row: &[f32; WIDTH]) {
+        if let Some(whole) = y.first_chunk_mut::<WIDTH>() {
+            *whole = *row;
+            return;
+        }
+        let mut at = 0;
+        part::<8>(y, row, &mut at);
+        part::<4>(y, row, &mut at);
+        part::<2>(y, row, &mut at);
+        part::<1>(y, row, &mut at);
+    }
+
+    #[inline]
+    fn part<const L: usize>(y: &mut [f32], row: &[f32; WIDTH], at: &mut usize) {
+        if let (Some(to), Some(from)) = (
+            y.get_mut(*at..).and_then(|y| y.first_chunk_mut::<L>()),
+            row.get(*at..).and_then(|r| r.first_chunk::<L>()),
+        ) {
+            *to = *from;
+            *at += L;
         }
     }
 }

@@ -223,10 +223,27 @@ mod tests {
         }
     }
 
+    /// Rows where the maximum is `f32::MIN`, infinite, NaN, or a signed zero.
+    fn edges() -> Tensor {
+        let (min, inf, nan) = (f32::MIN, f32::INFINITY, f32::NAN);
+        let rows: [[f32; 4]; 9] = [
+            [-inf, min, -inf, min],
+            [-inf, -inf, -inf, -inf],
+            [nan, nan, nan, nan],
+            [nan, min, nan, -inf],
+            [-0.0, 0.0, -0.0, 0.0],
+            [0.0, -0.0, nan, -0.0],
+            [inf, nan, inf, 1.0],
+            [min, -1.0, min, -1.0],
+            [1.0, 2.0, 3.0, 4.0],
+        ];
+        Tensor::from_shape(&[rows.len(), 4], rows.as_flattened()).unwrap()
+    }
+
     #[test]
     fn arg_max_matches_tract_first_and_last() {
         for take_last in [false, true] {
-            for input in matrices() {
+            for input in matrices().into_iter().chain([edges()]) {
                 let op = Reduce::new(tvec![1], Reducer::ArgMax(take_last));
                 let (theirs, ours, name) = tract_and_ours(Box::new(op), input.clone());
                 assert_eq!(name, "RowArgMax");
