@@ -13,8 +13,9 @@
 //! graph's: each input times its scale, one fused multiply-add per term in `k` order, then the
 //! bias, then `max(x, 0)`.
 //!
-//! The kernel is safe code compiled for AVX2 (`#[target_feature]`); calling it is the crate's
-//! one `unsafe` block, after the features are checked at run time.
+//! The kernel is safe code compiled for AVX2 (`#[target_feature]`); calling it is one of the
+//! crate's two `unsafe` blocks (the other is the transpose of `columns`), after the features
+//! are checked at run time.
 //! [`rewrite`] swaps the fused op in on the decluttered graph; everything it does not match
 //! (another type, a quantised product, a batched or transposed one, a large one, a host without
 //! AVX2) is left to tract.

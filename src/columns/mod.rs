@@ -19,6 +19,7 @@
 //! - `keep` columns are copied through unchanged, before the outputs.
 
 mod read;
+mod transpose;
 mod write;
 
 use std::collections::HashSet;

@@ -1,5 +1,7 @@
 //! Columns to tensors: casts that keep values, nulls found by row, values laid out row-major.
 
+use std::borrow::Cow;
+
 use arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray, RecordBatch};
 use arrow::buffer::Buffer;
 use arrow::compute::cast;
@@ -9,7 +11,7 @@ use arrow::datatypes::{
 };
 use bytes::Bytes;
 
-use super::{InputBinding, Source};
+use super::{InputBinding, Source, transpose};
 use crate::tensor::{DType, Tensor};
 
 /// A column whose values cannot feed the model: a null, a list of the wrong length.
@@ -106,7 +108,7 @@ pub(super) fn tensor(
         ($t:ty, $fill:expr) => {{
             let values = interleave::<$t>(&arrays, &names, input.dtype, $fill, &row_of)?;
             // The tensor owns the values' buffer as it is: a 100,000 x 64 batch is 25 MB.
-            let bytes = Bytes::from_owner(Buffer::from_vec(values));
+            let bytes = Bytes::from_owner(values);
             Tensor::from_bytes(input.dtype, shape, bytes).map_err(invalid)
         }};
     }
@@ -155,7 +157,7 @@ fn interleave<T: ArrowPrimitiveType>(
     dtype: DType,
     fill: Option<T::Native>,
     row_of: &dyn Fn(usize) -> usize,
-) -> Result<Vec<T::Native>, ColumnError> {
+) -> Result<Buffer, ColumnError> {
     let mut columns = Vec::with_capacity(arrays.len());
     for (array, name) in arrays.iter().zip(names) {
         let converted = cast(array, &T::DATA_TYPE).map_err(|e| ColumnError {
@@ -178,34 +180,29 @@ fn interleave<T: ArrowPrimitiveType>(
         columns.push(converted);
     }
     let columns: Vec<&PrimitiveArray<T>> = columns.iter().map(|c| c.as_primitive::<T>()).collect();
-    let k = columns.len();
     let rows = columns.first().map_or(0, |c| c.len());
-    let mut out = vec![T::Native::default(); rows * k];
-    if let ([column], None) = (&columns[..], fill) {
-        out.copy_from_slice(column.values());
-        return Ok(out);
+    // Nulls are filled in a copy of their column first, so that the transpose is one loop.
+    let filled: Vec<Cow<'_, [T::Native]>> = columns
+        .iter()
+        .map(|c| match (c.nulls().filter(|n| n.null_count() > 0), fill) {
+            (Some(nulls), Some(fill)) => Cow::Owned(
+                c.values()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| if nulls.is_null(i) { fill } else { *v })
+                    .collect(),
+            ),
+            _ => Cow::Borrowed(&c.values()[..]),
+        })
+        .collect();
+    match (&filled[..], &columns[..]) {
+        // One column (a flattened list) is already row-major: its buffer is shared, not copied.
+        ([Cow::Borrowed(_)], [column]) => return Ok(column.values().inner().clone()),
+        ([Cow::Owned(values)], _) => return Ok(Buffer::from_slice_ref(values)),
+        _ => {}
     }
-    // Row-major output from columns is a transpose. Done in blocks of rows, so that the block
-    // being written stays in cache while every column visits it: column by column over the
-    // whole batch, 64 columns took most of `predict_arrow`'s time on the bundled MLP.
-    const BLOCK: usize = 256;
-    for start in (0..rows).step_by(BLOCK) {
-        let end = (start + BLOCK).min(rows);
-        let block = &mut out[start * k..end * k];
-        for (j, column) in columns.iter().enumerate() {
-            let values = &column.values()[start..end];
-            let slots = block[j..].iter_mut().step_by(k);
-            match (column.nulls().filter(|n| n.null_count() > 0), fill) {
-                (Some(nulls), Some(fill)) => {
-                    for (i, (slot, v)) in slots.zip(values).enumerate() {
-                        *slot = if nulls.is_null(start + i) { fill } else { *v };
-                    }
-                }
-                _ => slots.zip(values).for_each(|(slot, v)| *slot = *v),
-            }
-        }
-    }
-    Ok(out)
+    let columns: Vec<&[T::Native]> = filled.iter().map(|c| &c[..]).collect();
+    Ok(transpose::rows_of(&columns, rows))
 }
 
 fn cast_all(
@@ -330,29 +327,31 @@ mod tests {
 
     use super::*;
 
-    /// Three columns over more rows than one block, the middle one with nulls in several
-    /// blocks: the row-major matrix has every value in its place and `fill` in the nulls.
+    /// Ten columns over more rows than one block of the transpose, the second with nulls in
+    /// several blocks: the row-major matrix has every value in its place and `fill` in the
+    /// nulls.
     #[test]
     fn interleaves_columns_across_blocks_with_nulls_filled() {
-        let rows = 600;
-        let null_rows = [5, 300, 599];
+        let (rows, k) = (2100, 10);
+        let null_rows = [5, 1500, 2099];
         let column = |j: usize| -> ArrayRef {
             Arc::new(Float32Array::from_iter((0..rows).map(|i| {
                 (j != 1 || !null_rows.contains(&i)).then_some((i * 10 + j) as f32)
             })))
         };
-        let arrays: Vec<ArrayRef> = (0..3).map(column).collect();
-        let names = ["a", "b", "c"];
+        let arrays: Vec<ArrayRef> = (0..k).map(column).collect();
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
         let out =
             interleave::<Float32Type>(&arrays, &names, DType::F32, Some(-1.0), &|i| i).unwrap();
+        let out = out.typed_data::<f32>();
         for i in 0..rows {
-            for j in 0..3 {
+            for j in 0..k {
                 let want = if j == 1 && null_rows.contains(&i) {
                     -1.0
                 } else {
                     (i * 10 + j) as f32
                 };
-                assert_eq!(out[i * 3 + j], want, "row {i}, column {j}");
+                assert_eq!(out[i * k + j], want, "row {i}, column {j}");
             }
         }
         let error = interleave::<Float32Type>(&arrays, &names, DType::F32, None, &|i| i);
