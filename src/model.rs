@@ -323,6 +323,14 @@ impl Model {
             .into_iter()
             .map(|slice| self.run_plan(&self.plan_for(slice.rows().unwrap_or(0)), slice))
             .collect::<Result<Vec<_>, _>>()?;
+        self.stack(parts)
+    }
+
+    /// The outputs of runs over consecutive slices of a batch, stacked back into the batch's.
+    pub fn stack(&self, mut parts: Vec<Vec<Tensor>>) -> Result<Vec<Tensor>, RunError> {
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
         (0..self.signature.outputs.len())
             .map(|i| {
                 let outputs: Vec<&Tensor> = parts.iter().filter_map(|p| p.get(i)).collect();

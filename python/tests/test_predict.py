@@ -145,6 +145,10 @@ def test_bad_feeds_raise_predict_error_naming_the_column():
     gappy = table.set_column(3, "feature 2", pa.array([1.0, None] * 2000))
     with pytest.raises(predictd.PredictError, match=r"column 'feature 2', row 1: null value"):
         model.predict_arrow(gappy, keep=["id"])
+    # A batch is read a slice at a time; the row counts from the batch's start.
+    late = table.set_column(3, "feature 2", pa.array([1.0] * 2500 + [None] + [1.0] * 1499))
+    with pytest.raises(predictd.PredictError, match=r"column 'feature 2', row 2500: null value"):
+        model.predict_arrow(late, keep=["id"])
     words = table.set_column(3, "feature 2", pa.array(["x"] * 4000))
     with pytest.raises(predictd.PredictError, match="column 'feature 2' is Utf8"):
         model.predict_arrow(words, feed={"X": [f"feature {j}" for j in range(13)]})

@@ -29,7 +29,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{Classify, ErrorKind};
-use crate::model::{Model, RunError};
+use crate::model::{Model, RUN_ROWS, RunError};
 use crate::signature::{Dim, InputError, Signature, TensorSpec};
 use crate::tensor::{DType, Tensor};
 
@@ -457,8 +457,20 @@ impl Binding {
             // Nothing to run (models refuse empty batches); still the right columns.
             return Ok(RecordBatch::new_empty(self.schema.clone()));
         }
-        let inputs = model.signature().validate(self.inputs(batch)?)?;
-        let outputs = model.run(inputs)?;
+        // A slice of the batch at a time, from columns to outputs: the slice's row-major
+        // tensor is still in cache when the model reads it. Read whole, a batch of 100,000 rows
+        // of 64 columns was 25 MB written to fresh memory and read back.
+        let rows = batch.num_rows();
+        let mut parts = Vec::with_capacity(rows.div_ceil(RUN_ROWS));
+        for start in (0..rows).step_by(RUN_ROWS) {
+            let slice = batch.slice(start, RUN_ROWS.min(rows - start));
+            let inputs = self.inputs(&slice).map_err(|mut e| {
+                e.row = e.row.map(|r| r + start);
+                e
+            })?;
+            parts.push(model.run(model.signature().validate(inputs)?)?);
+        }
+        let outputs = model.stack(parts)?;
         self.output_batch(batch, outputs)
     }
 
