@@ -135,6 +135,24 @@ def test_predict_arrow_feed_fetch_keep_and_lists():
     assert out.column_names == ["id", "label"]
 
 
+def test_a_list_column_longer_than_a_run_feeds_the_input_as_an_array_does():
+    ref = json.loads((MODELS / "digits_mlp/reference.json").read_text())
+    x = np.tile(tensor(ref["inputs"]["X"]), (400, 1))[:3001]  # three runs and one row
+    model = predictd.load(str(MODELS), "digits_mlp")
+    want = model.predict({"X": x})
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 64)
+    plain = pa.ListArray.from_arrays(pa.array(np.arange(0, x.size + 1, 64, dtype=np.int32)),
+                                     pa.array(x.ravel()))
+    # A slice starts its lists part-way into the values buffer.
+    padded = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate([x[:7], x]).ravel()), 64)
+    for label, column in [("fixed", fixed), ("list", plain), ("sliced", padded.slice(7))]:
+        out = model.predict_arrow(pa.table({"pixels": column}), feed={"X": "pixels"})
+        got = np.stack(out.column("probabilities").to_numpy(zero_copy_only=False))
+        np.testing.assert_array_equal(got, want["probabilities"], err_msg=label)
+        np.testing.assert_array_equal(out.column("label").to_numpy(), want["label"].ravel(),
+                                      err_msg=label)
+
+
 def test_bad_feeds_raise_predict_error_naming_the_column():
     table, _ = wine_table()
     model = predictd.load(str(MODELS), "wine_forest")
