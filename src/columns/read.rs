@@ -182,7 +182,7 @@ fn interleave<T: ArrowPrimitiveType>(
     let columns: Vec<&PrimitiveArray<T>> = columns.iter().map(|c| c.as_primitive::<T>()).collect();
     let rows = columns.first().map_or(0, |c| c.len());
     // Nulls are filled in a copy of their column first, so that the transpose is one loop.
-    let filled: Vec<Cow<'_, [T::Native]>> = columns
+    let mut filled: Vec<Cow<'_, [T::Native]>> = columns
         .iter()
         .map(|c| match (c.nulls().filter(|n| n.null_count() > 0), fill) {
             (Some(nulls), Some(fill)) => Cow::Owned(
@@ -195,11 +195,13 @@ fn interleave<T: ArrowPrimitiveType>(
             _ => Cow::Borrowed(&c.values()[..]),
         })
         .collect();
-    match (&filled[..], &columns[..]) {
-        // One column (a flattened list) is already row-major: its buffer is shared, not copied.
-        ([Cow::Borrowed(_)], [column]) => return Ok(column.values().inner().clone()),
-        ([Cow::Owned(values)], _) => return Ok(Buffer::from_slice_ref(values)),
-        _ => {}
+    // One column (a flattened list) is already row-major: its buffer is shared, or the filled
+    // copy taken, as it is.
+    if let [column] = &columns[..] {
+        return Ok(match filled.pop() {
+            Some(Cow::Owned(values)) => Buffer::from_vec(values),
+            _ => column.values().inner().clone(),
+        });
     }
     let columns: Vec<&[T::Native]> = filled.iter().map(|c| &c[..]).collect();
     Ok(transpose::rows_of(&columns, rows))
@@ -326,6 +328,29 @@ mod tests {
     use arrow::array::Float32Array;
 
     use super::*;
+
+    /// One column is row-major already: its buffer is shared when nothing is filled, and its
+    /// nulls take `fill` when something is.
+    #[test]
+    fn one_column_is_shared_or_filled() {
+        let whole: ArrayRef = Arc::new(Float32Array::from(vec![1.0, 2.0, 3.0, 4.0]));
+        let column = whole.slice(1, 3);
+        let out = interleave::<Float32Type>(
+            std::slice::from_ref(&column),
+            &["a"],
+            DType::F32,
+            None,
+            &|i| i,
+        )
+        .unwrap();
+        assert_eq!(out.typed_data::<f32>(), &[2.0, 3.0, 4.0]);
+        let values = column.to_data().buffers()[0].clone();
+        assert_eq!(out.as_ptr(), values.as_ptr(), "the buffer is shared");
+        let gappy: ArrayRef = Arc::new(Float32Array::from(vec![Some(1.0), None, Some(3.0)]));
+        let out =
+            interleave::<Float32Type>(&[gappy], &["a"], DType::F32, Some(-1.0), &|i| i).unwrap();
+        assert_eq!(out.typed_data::<f32>(), &[1.0, -1.0, 3.0]);
+    }
 
     /// Ten columns over more rows than one block of the transpose, the second with nulls in
     /// several blocks: the row-major matrix has every value in its place and `fill` in the

@@ -16,8 +16,8 @@ use arrow::datatypes::{ArrowNativeType, ToByteSlice};
 /// runs read faster until the block leaves L2; measured from 16 to 1,024 rows at 64 columns.
 const BLOCK: usize = 1024;
 
-/// The values of `columns` (each `rows` long) row after row: column `j` of row `i` at
-/// `i * columns.len() + j`.
+/// The values of `columns` row after row: column `j` of row `i` at `i * columns.len() + j`.
+/// Every column holds `rows` values, as the columns of one record batch do.
 pub(super) fn rows_of<T: ArrowNativeType>(columns: &[&[T]], rows: usize) -> Buffer {
     if size_of::<T>() == 4 && tiles::available() {
         let words: Option<Vec<&[u32]>> = columns
@@ -110,6 +110,7 @@ mod tiles {
     }
 
     /// Rows `i0..i0 + 8` of the eight columns `group` into eight rows of `out`, `k` apart.
+    /// [`all_tiles`] passes only whole tiles, so every read and write below is in bounds.
     #[target_feature(enable = "avx")]
     #[inline]
     fn tile(group: &[&[u32]], i0: usize, out: &mut [u32], k: usize) {
