@@ -9,6 +9,8 @@
 //! bits without arithmetic, so every value, NaN payloads included, arrives unchanged. Other types
 //! and hosts without AVX take the value-by-value path.
 
+use std::ops::Range;
+
 use arrow::buffer::Buffer;
 use arrow::datatypes::{ArrowNativeType, ToByteSlice};
 
@@ -19,7 +21,7 @@ const BLOCK: usize = 1024;
 /// The values of `columns` row after row: column `j` of row `i` at `i * columns.len() + j`.
 /// Every column holds `rows` values, as the columns of one record batch do.
 pub(super) fn rows_of<T: ArrowNativeType>(columns: &[&[T]], rows: usize) -> Buffer {
-    if size_of::<T>() == 4 && tiles::available() {
+    if size_of::<T>() == 4 {
         let words: Option<Vec<&[u32]>> = columns
             .iter()
             .map(|c| bytemuck::try_cast_slice(c.to_byte_slice()).ok())
@@ -31,19 +33,35 @@ pub(super) fn rows_of<T: ArrowNativeType>(columns: &[&[T]], rows: usize) -> Buff
         }
     }
     let mut out = vec![T::default(); rows * columns.len()];
-    by_value(columns, 0, rows, &mut out);
+    by_value(columns, Place::whole(columns), 0..rows, &mut out);
     Buffer::from_vec(out)
 }
 
-/// Rows `from..to` of `columns` into `out` (all rows' worth), one value at a time, in blocks of
-/// rows so that the rows being written stay in cache while every column visits them.
-fn by_value<T: Copy>(columns: &[&[T]], from: usize, to: usize, out: &mut [T]) {
-    let k = columns.len();
-    for start in (from..to).step_by(BLOCK) {
-        let end = (start + BLOCK).min(to);
+/// Where [`by_value`] writes its columns: at `first` of rows of `k` values.
+#[derive(Clone, Copy)]
+struct Place {
+    k: usize,
+    first: usize,
+}
+
+impl Place {
+    fn whole<T>(columns: &[T]) -> Place {
+        Place {
+            k: columns.len(),
+            first: 0,
+        }
+    }
+}
+
+/// `rows` of `columns` into `out`, one value at a time, in blocks of rows so that the rows
+/// being written stay in cache while every column visits them.
+fn by_value<T: Copy>(columns: &[&[T]], at: Place, rows: Range<usize>, out: &mut [T]) {
+    let k = at.k;
+    for start in rows.clone().step_by(BLOCK) {
+        let end = (start + BLOCK).min(rows.end);
         let block = &mut out[start * k..end * k];
         for (j, column) in columns.iter().enumerate() {
-            let slots = block[j..].iter_mut().step_by(k);
+            let slots = block[at.first + j..].iter_mut().step_by(k);
             slots
                 .zip(&column[start..end])
                 .for_each(|(slot, v)| *slot = *v);
@@ -57,19 +75,15 @@ mod tiles {
 
     use bytemuck::cast;
 
-    use super::{BLOCK, by_value};
+    use super::{BLOCK, Place, by_value};
 
     /// Values a tile side: one AVX register of four-byte values.
     const SIDE: usize = 8;
 
-    pub(super) fn available() -> bool {
-        is_x86_feature_detected!("avx")
-    }
-
     /// [`super::rows_of`] for four-byte values, into `out`.
     pub(super) fn run(columns: &[&[u32]], rows: usize, out: &mut [u32]) {
-        if !available() {
-            by_value(columns, 0, rows, out);
+        if !is_x86_feature_detected!("avx") {
+            by_value(columns, Place::whole(columns), 0..rows, out);
             return;
         }
         // SAFETY: the one requirement of calling a target_feature function is that the CPU has
@@ -97,16 +111,13 @@ mod tiles {
                     tile(group, i0, &mut out[i0 * k + j0..], k);
                 }
             }
-            if tiled_cols < k {
-                let rest = &columns[tiled_cols..];
-                for i in start..end {
-                    for (j, column) in rest.iter().enumerate() {
-                        out[i * k + tiled_cols + j] = column[i];
-                    }
-                }
-            }
+            let rest = Place {
+                k,
+                first: tiled_cols,
+            };
+            by_value(&columns[tiled_cols..], rest, start..end, out);
         }
-        by_value(columns, tiled_rows, rows, out);
+        by_value(columns, Place::whole(columns), tiled_rows..rows, out);
     }
 
     /// Rows `i0..i0 + 8` of the eight columns `group` into eight rows of `out`, `k` apart.
@@ -167,13 +178,11 @@ mod tiles {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod tiles {
-    pub(super) fn available() -> bool {
-        false
-    }
+    use super::{Place, by_value};
 
-    /// Never reached: [`super::rows_of`] calls it only where [`available`] holds.
+    /// No tiles here: value by value.
     pub(super) fn run(columns: &[&[u32]], rows: usize, out: &mut [u32]) {
-        super::by_value(columns, 0, rows, out);
+        by_value(columns, Place::whole(columns), 0..rows, out);
     }
 }
 
@@ -208,7 +217,7 @@ mod tests {
                     .flat_map(|i| owned.iter().map(move |c| c[i]))
                     .collect();
                 let mut by_values = vec![0; rows * k];
-                by_value(&columns, 0, rows, &mut by_values);
+                by_value(&columns, Place::whole(&columns), 0..rows, &mut by_values);
                 assert_eq!(by_values, expected, "{rows} x {k}, value by value");
                 let mut tiled = vec![0; rows * k];
                 tiles::run(&columns, rows, &mut tiled);
