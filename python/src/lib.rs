@@ -6,14 +6,16 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow::array::ArrayData;
 use arrow::pyarrow::{FromPyArrow, IntoPyArrow, Table};
+use bytes::Bytes;
 use numpy::ndarray::ArrayD;
 use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods};
 use predictd::columns::{Binding, ListLayout, Mapping, ScoreError};
 use predictd::model::{Model, RUN_ROWS};
 use predictd::repository;
 use predictd::signature::{Signature, TensorSpec};
-use predictd::tensor::{DType, Tensor};
+use predictd::tensor::{DType, Element, Tensor};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -282,6 +284,14 @@ fn to_tensor(py: Python<'_>, value: &Bound<'_, PyAny>) -> Result<Tensor, String>
                 // Copied in one go; walking a dynamic-rank view element by element cost 0.9 ms
                 // for a 4,096 x 64 batch, more than running the MLP.
                 let made = match view.as_slice() {
+                    Some(values) if <$t as Element>::DTYPE != DType::Bool
+                        && std::mem::size_of_val(values) >= BORROW_BYTES =>
+                    {
+                        match borrowed(py, &array, <$t as Element>::DTYPE, shape.clone(), values.len()) {
+                            Some(tensor) => return Ok(tensor),
+                            None => Tensor::from_values(shape, values),
+                        }
+                    }
                     Some(values) => Tensor::from_values(shape, values),
                     None => Tensor::from_values(shape, &view.iter().copied().collect::<Vec<$t>>()),
                 };
@@ -312,6 +322,39 @@ fn to_tensor(py: Python<'_>, value: &Bound<'_, PyAny>) -> Result<Tensor, String>
         .map(|d| d.to_string())
         .unwrap_or_default();
     Err(format!("numpy dtype {dtype} has no predictd equivalent"))
+}
+
+/// Arrays of at least this many bytes reach the engine without a copy: pyarrow wraps numpy's
+/// memory (`py_buffer`) and Arrow's C data interface hands it over, released when the engine is
+/// done with it. Measured on MLP `predict` calls, against copying: 5 µs slower at 64 KB, 7 µs
+/// faster at 256 KB, 34 µs (6%) faster at 1 MB.
+const BORROW_BYTES: usize = 256 << 10;
+
+/// A C-ordered numeric array's memory, shared rather than copied; None when pyarrow cannot wrap
+/// it (the caller then copies it).
+fn borrowed(
+    py: Python<'_>,
+    array: &Bound<'_, PyAny>,
+    dtype: DType,
+    shape: Vec<usize>,
+    count: usize,
+) -> Option<Tensor> {
+    let size = dtype.size()?;
+    let pa = py.import("pyarrow").ok()?;
+    let arrow_type = pa
+        .call_method1("from_numpy_dtype", (array.getattr("dtype").ok()?,))
+        .ok()?;
+    let buffer = pa.call_method1("py_buffer", (array,)).ok()?;
+    let wrapped = pa
+        .getattr("Array")
+        .and_then(|a| a.call_method1("from_buffers", (arrow_type, count, (py.None(), buffer))))
+        .ok()?;
+    let data = ArrayData::from_pyarrow_bound(&wrapped).ok()?;
+    let [values] = data.buffers() else {
+        return None;
+    };
+    let values = values.slice_with_length(data.offset() * size, data.len() * size);
+    Tensor::from_bytes(dtype, shape, Bytes::from_owner(values)).ok()
 }
 
 fn to_numpy<'py>(py: Python<'py>, tensor: &Tensor) -> PyResult<Bound<'py, PyAny>> {

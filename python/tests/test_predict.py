@@ -55,16 +55,27 @@ def test_every_bundled_model_matches_onnxruntime(reference):
 
 def test_arrays_in_any_memory_order_give_the_onnxruntime_values():
     # Fortran-ordered and strided arrays are first laid out in C order by numpy, then copied in
-    # one piece as C-ordered ones are. All three must give the reference.
+    # one piece as C-ordered ones are; C-ordered arrays of 256 KB and more are read in place,
+    # through pyarrow. Every one must give the reference.
     ref = json.loads((MODELS / "digits_mlp" / "reference.json").read_text())
     model = predictd.load(str(MODELS), "digits_mlp")
     x = tensor(ref["inputs"]["X"])
     wide = np.zeros((x.shape[0], 2 * x.shape[1]), dtype=x.dtype)
     wide[:, ::2] = x
-    for layout, array in [("C", x), ("Fortran", np.asfortranarray(x)), ("strided", wide[:, ::2])]:
+    times = -(-1100 // x.shape[0])  # past 256 KB of FP32 rows of 64 values
+    large = np.tile(x, (times, 1))
+    read_only = large.copy()
+    read_only.flags.writeable = False
+    cases = [("C", x, 1), ("Fortran", np.asfortranarray(x), 1), ("strided", wide[:, ::2], 1),
+             ("large C", large, times), ("large Fortran", np.asfortranarray(large), times),
+             ("large, from row 1", np.tile(x, (times + 1, 1))[x.shape[0]:], times),
+             ("large, read-only", read_only, times)]
+    for layout, array, repeats in cases:
         outputs = model.predict({"X": array})
         for name, expected in ref["outputs"].items():
-            assert_matches(outputs[name], expected, f"{layout}-ordered input, {name}")
+            want = dict(expected, shape=[expected["shape"][0] * repeats, *expected["shape"][1:]],
+                        data=expected["data"] * repeats)
+            assert_matches(outputs[name], want, f"{layout}-ordered input, {name}")
 
 
 def test_metadata_names_dtypes_and_free_dimensions():
