@@ -5,11 +5,12 @@ this folder on PYTHONPATH so that Dask and Spark workers import onnxruntime_pipe
    predict uses one) at batch 1, 32 and 4,096, for the bundled forest and MLP;
 2. Dask LocalCluster (2 worker processes) and Spark local[2], scoring a generated Parquet file of
    --rows rows with predictd's helpers against the same pipeline with onnxruntime in
-   map_partitions / mapInArrow (the session cached per worker, as predictd's model is).
+   map_partitions / mapInArrow (the session cached per worker, as predictd's model is), and
+   against that pipeline with the model call replaced by zeros: the ceiling any model could reach.
 
 Rates are rows/s, medians of --repeat runs; cluster rates are wall time from submitting the job
 to its end (Dask: every partition scored and its labels counted; Spark: a `noop` write), after
-one untimed run of each pipeline, the two pipelines' runs taken in turns.
+one untimed run of each pipeline, the three pipelines' runs taken in turns.
 """
 
 import argparse
@@ -90,11 +91,12 @@ def clusters(rows, repeat):
 
                 runs = iter(range(1, 1000))
 
-                def theirs():
-                    return ddf.map_partitions(ort_partition, name, columns, run=next(runs),
+                def theirs(model=True):
+                    return ddf.map_partitions(ort_partition, name, columns, run=next(runs), model=model,
                                               meta=meta)["label"].count().compute()
 
-                results.append((name, "Dask LocalCluster, 2 processes", *paired(ours, theirs, rows, repeat)))
+                results.append((name, "Dask LocalCluster, 2 processes",
+                                *paired(ours, theirs, lambda: theirs(model=False), rows, repeat)))
         os.environ["PYSPARK_PYTHON"] = sys.executable
         spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
                  .config("spark.sql.files.maxPartitionBytes", str(16 << 20)).getOrCreate())
@@ -110,25 +112,27 @@ def clusters(rows, repeat):
                     predictd.spark.predict(df, str(MODELS), name, keep=["id"]).write.format("noop").mode("overwrite").save()
                     return rows
 
-                def theirs():
-                    df.mapInArrow(ort_batches(name, columns), schema).write.format("noop").mode("overwrite").save()
+                def theirs(model=True):
+                    df.mapInArrow(ort_batches(name, columns, model), schema).write.format("noop").mode("overwrite").save()
                     return rows
 
-                results.append((name, "Spark local[2], mapInArrow", *paired(ours, theirs, rows, repeat)))
+                results.append((name, "Spark local[2], mapInArrow",
+                                *paired(ours, theirs, lambda: theirs(model=False), rows, repeat)))
         finally:
             spark.stop()
     return results
 
 
-def paired(ours, theirs, rows, repeat):
+def paired(ours, theirs, no_model, rows, repeat):
     """Median rates of REPEAT runs of each pipeline, taken in turns after one untimed run of each:
     the first run pays for worker start-up, model loads and the JVM's warm-up, and timing one
     pipeline's runs all before the other's handed the second a warmer machine (Spark's first
     run here is 2-5x slower than its next)."""
-    timed(ours, rows)
-    timed(theirs, rows)
-    rates = [(timed(ours, rows), timed(theirs, rows)) for _ in range(repeat)]
-    return statistics.median(r[0] for r in rates), statistics.median(r[1] for r in rates)
+    pipelines = [ours, theirs, no_model]
+    for fn in pipelines:
+        timed(fn, rows)
+    rates = [[timed(fn, rows) for fn in pipelines] for _ in range(repeat)]
+    return tuple(statistics.median(r[i] for r in rates) for i in range(len(pipelines)))
 
 
 def timed(fn, rows):
@@ -147,10 +151,16 @@ def main():
     print(f"{os.cpu_count()} cores; in-process: one thread each; clusters: {args.rows:,} rows; median of {args.repeat}")
     results = in_process(args.repeat) + clusters(args.rows, args.repeat)
     print()
-    print("| model | what | predictd rows/s | onnxruntime rows/s | × onnxruntime |")
-    print("| --- | --- | ---: | ---: | ---: |")
-    for name, what, ours, theirs in results:
-        print(f"| {name} | {what} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f} |")
+    print("'Without the model' is the onnxruntime pipeline with the model call replaced by zeros of the")
+    print("outputs' shapes: the rate the pipeline would reach if the model cost nothing.")
+    print()
+    print("| model | what | predictd rows/s | onnxruntime rows/s | × onnxruntime | without the model rows/s "
+          "| ÷ without the model, predictd / onnxruntime |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, what, ours, theirs, *floor in results:
+        without = f"{floor[0]:,.0f}" if floor else ""
+        reach = f"{ours / floor[0]:.2f} / {theirs / floor[0]:.2f}" if floor else ""
+        print(f"| {name} | {what} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f} | {without} | {reach} |")
 
 
 if __name__ == "__main__":
