@@ -7,10 +7,11 @@
 Each worker process loads the model once and reuses it for every partition. Pass a repository
 path every worker can read, or `predictd.dask.ship("models", "churn_forest")` (the model's bytes,
 carried in the task graph) for workers without shared storage. Column rules are `predictd
-batch`'s; `[N, k]` outputs become columns of k-value lists.
+batch`'s; `[N, k]` outputs become columns of k-value lists, kept in Arrow (`pd.ArrowDtype`).
 """
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from . import _workers
@@ -33,10 +34,29 @@ def _arrow(frame):
     return pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
 
 
+def _pandas(table):
+    """TABLE as pandas, list columns kept in Arrow (`pd.ArrowDtype`): as numpy's default, one
+    array object per row, they took as long as scoring the partition (18 ms per 100,000 rows of
+    10 probabilities, against 0.3 ms). Their values are made nullable first: an ArrowDtype drops
+    `not null` when pickled, as Dask's workers do with partitions, and partitions whose dtype
+    differs from the meta's only by that concatenate into object columns."""
+    fields = []
+    for field in table.schema:
+        kind = field.type
+        if pa.types.is_fixed_size_list(kind):
+            field = field.with_type(pa.list_(kind.value_type, kind.list_size))
+        elif pa.types.is_list(kind):
+            field = field.with_type(pa.list_(kind.value_type))
+        fields.append(field)
+    lists = {f.type for f in fields if pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type)}
+    return table.cast(pa.schema(fields)).to_pandas(
+        types_mapper=lambda kind: pd.ArrowDtype(kind) if kind in lists else None)
+
+
 def _score(frame, models, name, version, feed, fetch, keep):
     model = _workers.model(models, name, version)
     out = model.predict_arrow(_arrow(frame), feed=feed, fetch=fetch, keep=keep)
-    result = out.to_pandas()
+    result = _pandas(out)
     result.index = frame.index
     return result
 

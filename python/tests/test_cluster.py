@@ -92,6 +92,8 @@ def test_dask_local_cluster_equals_one_process(dataset, load_log):
                             ("shipped", predictd.dask.ship(MODELS, "wine_forest"))]:
             got = predictd.dask.predict(ddf, models, "wine_forest", feed=FEED,
                                         keep=["id", "note"]).compute()
+            # Kept in Arrow, not an array object per row.
+            assert str(got["probabilities"].dtype) == "fixed_size_list<item: float>[3][pyarrow]"
             assert_same(got, want, f"dask, {how}")
         workers = client.run(os.getpid)
     loads = loads_per_process(load_log)
@@ -123,6 +125,23 @@ def test_spark_local_equals_one_process(dataset, load_log):
     python_workers = set(loads) - {str(os.getpid())}
     assert python_workers, f"no Spark Python worker loaded the model: {loads}"
     assert max(loads[pid] for pid in python_workers) <= 2, loads
+
+
+def test_dask_scores_written_to_parquet_read_back_with_pandas_and_dask(dataset, tmp_path):
+    # What a scoring job does with its result, as python/README.md shows it. With list columns
+    # of numpy arrays, to_parquet failed (Dask took the object column for strings); Arrow-backed
+    # ones are written, and read back with dtype_backend="pyarrow" (pandas 2.3's default
+    # cannot rebuild them from the file's pandas metadata).
+    import dask.dataframe as dd
+    import pandas as pd
+
+    scores = predictd.dask.predict(dd.read_parquet(str(dataset)), str(MODELS), "wine_forest",
+                                   feed=FEED, keep=["id", "note"])
+    scores.to_parquet(str(tmp_path / "scores"), compute_kwargs={"scheduler": "sync"})
+    for read in (pd.read_parquet, lambda path, **kw: dd.read_parquet(path, **kw).compute(scheduler="sync")):
+        back = read(str(tmp_path / "scores"), dtype_backend="pyarrow")
+        assert_same(back.astype({"id": "int64", "label": "int64", "note": object}), expected(dataset),
+                    "written and read back")
 
 
 def test_bad_feed_on_a_cluster_names_the_column(dataset):
