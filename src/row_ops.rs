@@ -58,6 +58,23 @@ pub(crate) fn rewrite(model: &mut TypedModel) -> TractResult<()> {
     Ok(())
 }
 
+/// Evaluates `$f` with `$w` bound to `$width`, as a constant for the class counts classifiers
+/// have (2 to 16), so that each inlined copy of the row loops is unrolled for its width. Known
+/// only at run time, the width left a loop's bookkeeping on every value of a ten-value row:
+/// unrolled, the softmax and the arg-max went from 7.5% to 6% of a 4,096-row MLP `predict`
+/// (perf). The matrices of the tests below cover every arm.
+macro_rules! by_width {
+    ($width:expr, |$w:ident| $f:expr) => {
+        by_width!($width, |$w| $f, 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+    };
+    ($width:expr, |$w:ident| $f:expr, $($n:literal)*) => {
+        match $width {
+            $($n => { let $w = $n; $f })*
+            $w => $f,
+        }
+    };
+}
+
 /// Softmax over the last axis.
 #[derive(Debug)]
 struct RowSoftmax {
@@ -80,19 +97,27 @@ impl Kernel for RowSoftmax {
         if width > 0 && tensor.len() > 0 {
             let mut plain = tensor.try_as_plain_ram_mut()?;
             let data = plain.as_slice_mut::<f32>()?;
-            for row in data.chunks_exact_mut(width) {
-                let max = row
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-                row.iter_mut().for_each(|x| *x -= max);
-            }
-            self.exp.run_with_params(data, 0.0)?;
-            for row in data.chunks_exact_mut(width) {
-                let scale = row.iter().sum::<f32>().recip();
-                row.iter_mut().for_each(|x| *x *= scale);
-            }
+            by_width!(width, |w| self.rows(data, w))?;
         }
         Ok(tvec!(tensor.into_tvalue()))
+    }
+}
+
+impl RowSoftmax {
+    #[inline(always)]
+    fn rows(&self, data: &mut [f32], width: usize) -> TractResult<()> {
+        for row in data.chunks_exact_mut(width) {
+            let max = row
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+            row.iter_mut().for_each(|x| *x -= max);
+        }
+        self.exp.run_with_params(data, 0.0)?;
+        for row in data.chunks_exact_mut(width) {
+            let scale = row.iter().sum::<f32>().recip();
+            row.iter_mut().for_each(|x| *x *= scale);
+        }
+        Ok(())
     }
 }
 
@@ -128,16 +153,17 @@ impl Kernel for RowArgMax {
         let indices: Vec<i64> = if width == 0 {
             vec![0; rows]
         } else {
-            values
-                .chunks_exact(width)
+            by_width!(width, |w| values
+                .chunks_exact(w)
                 .map(|row| self.arg_max(row))
-                .collect()
+                .collect())
         };
         Ok(tvec!(Tensor::from_shape(&shape, &indices)?.into_tvalue()))
     }
 }
 
 impl RowArgMax {
+    #[inline(always)]
     fn arg_max(&self, row: &[f32]) -> i64 {
         let mut best = (0usize, f32::MIN);
         for (ix, &x) in row.iter().enumerate() {
