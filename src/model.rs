@@ -307,10 +307,17 @@ impl Model {
     /// count when there is one. Panics inside tract are contained and reported as errors, so
     /// that a bad model or an engine bug fails one request, never the process.
     pub fn run(&self, inputs: ValidInputs) -> Result<Vec<Tensor>, RunError> {
+        let parts = self.run_parts(inputs)?;
+        self.stack(parts)
+    }
+
+    /// [`Self::run`]'s runs, their outputs in order and not yet [stacked](Self::stack): a
+    /// caller that runs a batch a slice at a time stacks every slice's parts once.
+    pub fn run_parts(&self, inputs: ValidInputs) -> Result<Vec<Vec<Tensor>>, RunError> {
         let rows = inputs.rows().unwrap_or(0);
         let most = if self.batches_pay { RUN_ROWS } else { 1 };
         if rows <= most {
-            return self.run_plan(&self.plan_for(rows), inputs);
+            return Ok(vec![self.run_plan(&self.plan_for(rows), inputs)?]);
         }
         let mut sizes = vec![most; rows / most];
         if !rows.is_multiple_of(most) {
@@ -319,11 +326,10 @@ impl Model {
         let slices = inputs
             .into_pieces(&sizes)
             .ok_or_else(|| RunError::Engine(format!("{rows} rows do not split into {sizes:?}")))?;
-        let parts = slices
+        slices
             .into_iter()
             .map(|slice| self.run_plan(&self.plan_for(slice.rows().unwrap_or(0)), slice))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.stack(parts)
+            .collect()
     }
 
     /// The outputs of runs over consecutive slices of a batch, stacked back into the batch's.

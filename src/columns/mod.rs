@@ -461,14 +461,14 @@ impl Binding {
         // tensor is still in cache when the model reads it. Read whole, a batch of 100,000 rows
         // of 64 columns was 25 MB written to fresh memory and read back.
         let rows = batch.num_rows();
-        let mut parts = Vec::with_capacity(rows.div_ceil(RUN_ROWS));
+        let mut parts = Vec::new();
         for start in (0..rows).step_by(RUN_ROWS) {
             let slice = batch.slice(start, RUN_ROWS.min(rows - start));
             let inputs = self.inputs(&slice).map_err(|mut e| {
                 e.row = e.row.map(|r| r + start);
                 e
             })?;
-            parts.push(model.run(model.signature().validate(inputs)?)?);
+            parts.extend(model.run_parts(model.signature().validate(inputs)?)?);
         }
         let outputs = model.stack(parts)?;
         self.output_batch(batch, outputs)
