@@ -23,10 +23,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
 
+    std::fs::write(out_dir.join("methods.rs"), method_constants(&descriptors))?;
+
     tonic_prost_build::configure()
         .bytes(".predictd.v1.Tensor.raw")
         .bytes(".inference.ModelInferRequest.raw_input_contents")
         .bytes(".inference.ModelInferResponse.raw_output_contents")
         .compile_fds(descriptors)?;
     Ok(())
+}
+
+/// One module per service, one constant per method holding the path gRPC routes it by
+/// (`/package.Service/Method`), so that the edge picks methods by name the compiler checks.
+fn method_constants(descriptors: &prost_types::FileDescriptorSet) -> String {
+    let mut out = String::new();
+    for file in &descriptors.file {
+        let package = file.package();
+        for service in &file.service {
+            out.push_str(&format!(
+                "/// The methods of `{package}.{}`.\npub mod {} {{\n",
+                service.name(),
+                snake(service.name())
+            ));
+            for method in &service.method {
+                out.push_str(&format!(
+                    "    /// `{}`.\n    pub const {}: &str = \"/{package}.{}/{}\";\n",
+                    method.name(),
+                    snake(method.name()).to_uppercase(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+            out.push_str("}\n");
+        }
+    }
+    out
+}
+
+/// `GRPCInferenceService` → `grpc_inference_service`, `ModelInfer` → `model_infer`.
+fn snake(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+        let prev_lower = i > 0 && chars[i - 1].is_lowercase();
+        if c.is_uppercase() && i > 0 && (prev_lower || next_lower) {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }

@@ -13,11 +13,11 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use predictd::grpc::convert::{tensor_from_wire, tensor_to_wire};
-use predictd::model::Model;
-use predictd::repository::{self, Slot};
-use predictd::scheduler::{Scheduler, SchedulerConfig};
-use predictd::tensor::Tensor;
+use predictd::engine::model::Model;
+use predictd::engine::repository::{self, Slot};
+use predictd::engine::tensor::Tensor;
+use predictd::serving::scheduler::{Scheduler, SchedulerConfig};
+use predictd::v1::convert::{tensor_from_wire, tensor_to_wire};
 use std::time::Duration;
 
 /// The first reference row of every input, repeated `rows` times.
@@ -59,7 +59,7 @@ const ROWS: [usize; 6] = [1, 5, 8, 32, 1000, 1032];
 
 fn models(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let catalog = repository::open(&dir).unwrap();
+    let catalog = predictd::engine::open::open_repository(&dir).unwrap();
     for symbolic in [false, true] {
         let mut group = c.benchmark_group(if symbolic { "symbolic_plan" } else { "model" });
         for (name, entry) in &catalog.models {
@@ -95,7 +95,7 @@ fn models(c: &mut Criterion) {
 /// submit, wake a worker, run, reply. Compare with `model/diabetes_linear/1`.
 fn scheduler(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let catalog = repository::open(&dir).unwrap();
+    let catalog = predictd::engine::open::open_repository(&dir).unwrap();
     let Some(Slot::Ready(model)) = catalog.models["diabetes_linear"]
         .versions
         .values()

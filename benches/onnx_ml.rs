@@ -1,7 +1,7 @@
 //! ONNX-ML models against onnxruntime, single thread, in one run: rows/s of every corpus model
 //! (`tests/corpus`) at batch 1, 32 and 1,024 in process, divided by onnxruntime's on the same
-//! rows (`benches/ort_speed.py`, onnxruntime with one intra-op and one inter-op thread). Then a
-//! 500-tree, depth-8 forest: load time, memory against its file size, and the same ratios.
+//! rows (`benches/scripts/ort_speed.py`, onnxruntime with one intra-op and one inter-op thread).
+//! Then a 500-tree, depth-8 forest: load time, memory against its file size, and the same ratios.
 //!
 //! `cargo bench --bench onnx_ml [-- NAME_FILTER]`
 //!
@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use predictd::model::Model;
-use predictd::tensor::Tensor;
+use predictd::engine::model::Model;
+use predictd::engine::tensor::Tensor;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 /// Counts heap bytes, so the bench can tell what a loaded model keeps from what loading it
@@ -109,11 +109,11 @@ fn rows_per_second(model: &Model, model_dir: &Path, rows: usize) -> f64 {
     rates[rates.len() / 2]
 }
 
-/// onnxruntime's rows/s per (model, batch), from `benches/ort_speed.py`.
+/// onnxruntime's rows/s per (model, batch), from `benches/scripts/ort_speed.py`.
 fn onnxruntime(dirs: &[PathBuf]) -> BTreeMap<(String, usize), f64> {
     let python = venv_python("PREDICTD_INTEROP_VENV", "target/interop-venv");
     let output = Command::new(&python)
-        .arg(root().join("benches").join("ort_speed.py"))
+        .arg(root().join("benches").join("scripts").join("ort_speed.py"))
         .args(dirs)
         .arg("--batches")
         .arg(BATCHES.map(|b| b.to_string()).join(","))

@@ -3,7 +3,7 @@
 # then runs its tests. Needs python3 and the Rust toolchain; everything else comes from PyPI.
 # The venv is ${PREDICTD_PYTHON_VENV:-target/python-venv}; PREDICTD_BIN is the predictd binary
 # the tests compare with (default: target/debug/predictd, built here if missing).
-# PREDICTD_SETUP_ONLY=1 stops after installing (python/bench.sh uses it).
+# PREDICTD_SETUP_ONLY=1 stops after installing (benches/scripts/python.sh uses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${PREDICTD_PYTHON_VENV:-$PWD/target/python-venv}

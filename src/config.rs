@@ -7,8 +7,47 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::scheduler::SchedulerConfig;
+use crate::engine::open::OpenDefaults;
 use crate::server::{Http2Config, ServeConfig};
+use crate::serving::scheduler::SchedulerConfig;
+
+/// The defaults of `predictd serve`: the one place they are set. The flags show them in
+/// `--help`, and [`ServeConfig::new`] starts from them.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// The gRPC server's address.
+    pub const GRPC_ADDR: &str = "0.0.0.0:8001";
+    /// The REST server's address.
+    pub const HTTP_ADDR: &str = "0.0.0.0:8000";
+    /// Requests that may wait per model.
+    pub const QUEUE_CAPACITY: usize = 256;
+    /// Most rows a model runs as one batch.
+    pub const MAX_BATCH_SIZE: usize = 64;
+    /// How long a partial batch may wait for more requests, in microseconds.
+    pub const MAX_QUEUE_DELAY_US: u64 = 0;
+    /// Largest request or reply message, in bytes.
+    pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+    /// Longest a request may take.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Inference requests in progress at once, over all models.
+    pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
+    /// How long calls in flight may take to finish once shutdown begins.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    /// How often idle HTTP/2 connections are pinged.
+    pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+    /// How long a keepalive ping's answer may take.
+    pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+    /// Calls one HTTP/2 connection may have open at once.
+    pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 1024;
+    /// Whether Nagle's algorithm is off.
+    pub const TCP_NODELAY: bool = true;
+
+    /// Worker threads per model: one per core.
+    pub fn workers() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
 
 /// predictd: serve ONNX models over gRPC and REST.
 #[derive(Debug, Parser)]
@@ -136,62 +175,62 @@ pub struct ServeArgs {
     #[arg(long, default_value = "models", env = "PREDICTD_MODELS")]
     pub models: PathBuf,
     /// Address of the gRPC server.
-    #[arg(long, default_value = "0.0.0.0:8001", env = "PREDICTD_GRPC_ADDR")]
+    #[arg(long, default_value = defaults::GRPC_ADDR, env = "PREDICTD_GRPC_ADDR")]
     pub grpc_addr: SocketAddr,
     /// Address of the REST (KServe v2 HTTP/JSON) server.
-    #[arg(long, default_value = "0.0.0.0:8000", env = "PREDICTD_HTTP_ADDR")]
+    #[arg(long, default_value = defaults::HTTP_ADDR, env = "PREDICTD_HTTP_ADDR")]
     pub http_addr: SocketAddr,
     /// Worker threads per model, unless its config.toml says otherwise [default: one per core].
     #[arg(long, env = "PREDICTD_WORKERS")]
     pub workers: Option<usize>,
     /// Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 256, env = "PREDICTD_QUEUE_CAPACITY")]
+    #[arg(long, default_value_t = defaults::QUEUE_CAPACITY, env = "PREDICTD_QUEUE_CAPACITY")]
     pub queue_capacity: usize,
     /// Most rows a model runs as one batch; requests waiting together are stacked up to it.
     /// 0 turns batching off.
-    #[arg(long, default_value_t = 64, env = "PREDICTD_MAX_BATCH_SIZE")]
+    #[arg(long, default_value_t = defaults::MAX_BATCH_SIZE, env = "PREDICTD_MAX_BATCH_SIZE")]
     pub max_batch_size: usize,
     /// How long a partial batch may wait for more requests, in microseconds (0: never wait).
-    #[arg(long, default_value_t = 0, env = "PREDICTD_MAX_QUEUE_DELAY_US")]
+    #[arg(long, default_value_t = defaults::MAX_QUEUE_DELAY_US, env = "PREDICTD_MAX_QUEUE_DELAY_US")]
     pub max_queue_delay_us: u64,
     /// Batch sizes that get a plan optimised for exactly that many rows, comma-separated; other
     /// sizes run the plan for any size. Empty: that plan only.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "1",
+        default_values_t = crate::engine::open::DEFAULT_PREFERRED_BATCH_SIZES.to_vec(),
         env = "PREDICTD_PREFERRED_BATCH_SIZES"
     )]
     pub preferred_batch_sizes: Vec<usize>,
     /// Largest request or reply message, in bytes.
-    #[arg(long, default_value_t = 64 * 1024 * 1024, env = "PREDICTD_MAX_MESSAGE_BYTES")]
+    #[arg(long, default_value_t = defaults::MAX_MESSAGE_BYTES, env = "PREDICTD_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: usize,
     /// Longest a request may take; a client's shorter grpc-timeout wins. Expiry answers
     /// DEADLINE_EXCEEDED.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "PREDICTD_REQUEST_TIMEOUT")]
-    pub request_timeout: Duration,
+    #[arg(long, default_value_t = defaults::REQUEST_TIMEOUT.into(), env = "PREDICTD_REQUEST_TIMEOUT")]
+    pub request_timeout: humantime::Duration,
     /// Inference requests and stream messages in progress at once, over all models; beyond it
     /// they get RESOURCE_EXHAUSTED at once.
-    #[arg(long, default_value_t = 1024, env = "PREDICTD_MAX_CONCURRENT_REQUESTS")]
+    #[arg(long, default_value_t = defaults::MAX_CONCURRENT_REQUESTS, env = "PREDICTD_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: usize,
     /// How long calls in flight may take to finish after SIGTERM or Ctrl-C.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "PREDICTD_SHUTDOWN_GRACE")]
-    pub shutdown_grace: Duration,
+    #[arg(long, default_value_t = defaults::SHUTDOWN_GRACE.into(), env = "PREDICTD_SHUTDOWN_GRACE")]
+    pub shutdown_grace: humantime::Duration,
     /// How often to ping idle HTTP/2 connections (0s: never).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "PREDICTD_HTTP2_KEEPALIVE_INTERVAL")]
-    pub http2_keepalive_interval: Duration,
+    #[arg(long, default_value_t = defaults::HTTP2_KEEPALIVE_INTERVAL.into(), env = "PREDICTD_HTTP2_KEEPALIVE_INTERVAL")]
+    pub http2_keepalive_interval: humantime::Duration,
     /// How long to wait for a keepalive ping's answer before closing the connection.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, env = "PREDICTD_HTTP2_KEEPALIVE_TIMEOUT")]
-    pub http2_keepalive_timeout: Duration,
+    #[arg(long, default_value_t = defaults::HTTP2_KEEPALIVE_TIMEOUT.into(), env = "PREDICTD_HTTP2_KEEPALIVE_TIMEOUT")]
+    pub http2_keepalive_timeout: humantime::Duration,
     /// Calls one HTTP/2 connection may have open at once.
     #[arg(
         long,
-        default_value_t = 1024,
+        default_value_t = defaults::HTTP2_MAX_CONCURRENT_STREAMS,
         env = "PREDICTD_HTTP2_MAX_CONCURRENT_STREAMS"
     )]
     pub http2_max_concurrent_streams: u32,
     /// Disable Nagle's algorithm so small replies leave at once.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PREDICTD_TCP_NODELAY")]
+    #[arg(long, default_value_t = defaults::TCP_NODELAY, action = clap::ArgAction::Set, env = "PREDICTD_TCP_NODELAY")]
     pub tcp_nodelay: bool,
 }
 
@@ -224,8 +263,8 @@ impl ServeArgs {
                 reason: format!("{} is not a folder", self.models.display()),
             });
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if self.request_timeout.is_zero() {
+        let request_timeout: Duration = self.request_timeout.into();
+        if request_timeout.is_zero() {
             return Err(ConfigError {
                 flag: "request-timeout",
                 reason: "must be longer than zero".to_string(),
@@ -234,22 +273,25 @@ impl ServeArgs {
         Ok(ServeConfig {
             models: self.models.clone(),
             scheduler: SchedulerConfig {
-                workers: positive("workers", self.workers.unwrap_or(cores))?,
+                workers: positive("workers", self.workers.unwrap_or_else(defaults::workers))?,
                 queue_capacity: positive("queue-capacity", self.queue_capacity)?,
                 max_batch_size: self.max_batch_size,
                 max_queue_delay: Duration::from_micros(self.max_queue_delay_us),
             },
-            preferred_batch_sizes: self.preferred_batch_sizes.clone(),
+            open: OpenDefaults {
+                preferred_batch_sizes: self.preferred_batch_sizes.clone(),
+            },
             max_message_bytes: positive("max-message-bytes", self.max_message_bytes)?,
-            request_timeout: self.request_timeout,
+            request_timeout,
             max_concurrent_requests: positive(
                 "max-concurrent-requests",
                 self.max_concurrent_requests,
             )?,
-            shutdown_grace: self.shutdown_grace,
+            shutdown_grace: self.shutdown_grace.into(),
             http2: Http2Config {
-                keepalive_interval: Some(self.http2_keepalive_interval).filter(|d| !d.is_zero()),
-                keepalive_timeout: self.http2_keepalive_timeout,
+                keepalive_interval: Some(self.http2_keepalive_interval.into())
+                    .filter(|d: &Duration| !d.is_zero()),
+                keepalive_timeout: self.http2_keepalive_timeout.into(),
                 max_concurrent_streams: self.http2_max_concurrent_streams.max(1),
                 tcp_nodelay: self.tcp_nodelay,
             },

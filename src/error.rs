@@ -25,3 +25,20 @@ pub trait Classify {
     /// The kind of failure.
     fn kind(&self) -> ErrorKind;
 }
+
+/// An error and its chain of causes, `outer: inner: innermost`: what the log (and an offline
+/// caller, who has no log to read) is told. A cause whose words its outer error already ends
+/// with (`"model 'm': {error}"`) is not repeated.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let words = e.to_string();
+        if !text.ends_with(&words) {
+            text.push_str(": ");
+            text.push_str(&words);
+        }
+        cause = e.source();
+    }
+    text
+}

@@ -1,28 +1,22 @@
 //! predictd: a model-inference server for ONNX models, in pure Rust.
 //!
-//! The engine — [`tensor`], [`signature`], [`model`], [`repository`] — is a plain library with
-//! no async runtime or RPC types in it, so `predictd serve`, offline scoring and the Python
-//! package share it. The serving side — [`scheduler`], [`registry`], [`infer`], [`grpc`],
-//! [`kserve`], [`server`] — puts worker threads and the RPC front ends in front of it.
+//! Layers, each using only those below it:
+//! - [`engine`]: tensors, signatures, opening and running models (the only folder that names
+//!   the ONNX runtime underneath); a plain library shared by `predictd serve`, `predictd batch` and Python.
+//! - [`serving`]: schedulers, counters, the live registry and the protocol-neutral request path.
+//! - [`v1`], [`kserve`]: one folder per protocol, wire ⇄ tensors and services.
+//! - [`edge`]: the tower stack both transports share, and the one error table.
+//! - [`columns`], [`batch`]: Arrow columns ⇄ tensors, and offline scoring.
+//! - [`server`], [`config`]: assembly and flags.
 
 pub mod batch;
 pub mod columns;
 pub mod config;
-mod dense;
+pub mod edge;
+pub mod engine;
 pub mod error;
-pub mod grpc;
-pub mod infer;
 pub mod kserve;
-pub mod middleware;
-pub mod model;
-pub mod onnx_ml;
 pub mod proto;
-pub mod registry;
-pub mod repository;
-pub mod rest;
-mod row_ops;
-pub mod scheduler;
 pub mod server;
-pub mod signature;
-pub mod stats;
-pub mod tensor;
+pub mod serving;
+pub mod v1;

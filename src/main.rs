@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use predictd::batch::BatchError;
 use predictd::config::{BatchArgs, Cli, Command, LogFormat, Progress, ServeArgs};
-use predictd::model::Model;
+use predictd::engine::open::{OpenDefaults, open_file};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -206,15 +206,9 @@ impl ProgressReport {
 }
 
 fn inspect(path: &std::path::Path) -> anyhow::Result<()> {
-    let name = path
-        .parent()
-        .and_then(|p| p.parent())
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-        .unwrap_or("model");
-    let model = Model::load(name, 1, path, &[])?;
+    let model = open_file(path, &OpenDefaults::default())?.model;
     let signature = model.signature();
-    let print = |role: &str, specs: &[predictd::signature::TensorSpec]| {
+    let print = |role: &str, specs: &[predictd::engine::signature::TensorSpec]| {
         for spec in specs {
             let dims: Vec<String> = spec.shape.iter().map(|d| d.to_string()).collect();
             println!(

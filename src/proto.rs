@@ -24,6 +24,12 @@ pub mod google {
     }
 }
 
+/// The path of every gRPC method in `proto/`, by service: `methods::prediction_service::PREDICT`
+/// is `"/predictd.v1.PredictionService/Predict"`.
+pub mod methods {
+    include!(concat!(env!("OUT_DIR"), "/methods.rs"));
+}
+
 /// The encoded descriptors of every service in `proto/`, with comments, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/predictd_descriptor.bin"));

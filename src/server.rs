@@ -14,20 +14,17 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
-use tracing::Level;
 
-use crate::grpc::inference::InferenceService;
-use crate::grpc::prediction::PredictionService;
-use crate::middleware::{DeadlineLayer, Limited};
+use crate::edge::layers::EdgeLayer;
+use crate::engine::open::{OpenDefaults, open_all};
+use crate::engine::repository::{self, Catalog, RepositoryError};
+use crate::kserve::grpc::InferenceService;
+use crate::kserve::rest;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::predictd::v1::prediction_service_server::PredictionServiceServer;
-use crate::registry::{Registry, start_schedulers};
-use crate::repository::{self, Catalog, RepositoryError};
-use crate::rest;
-use crate::scheduler::SchedulerConfig;
+use crate::serving::registry::{Registry, start_schedulers};
+use crate::serving::scheduler::SchedulerConfig;
+use crate::v1::service::PredictionService;
 
 /// Everything `serve` needs to know, validated.
 #[derive(Debug, Clone)]
@@ -36,8 +33,8 @@ pub struct ServeConfig {
     pub models: PathBuf,
     /// Workers, queue depth and batching for models whose config.toml does not say.
     pub scheduler: SchedulerConfig,
-    /// Batch sizes with a plan of their own, for models whose config.toml does not say.
-    pub preferred_batch_sizes: Vec<usize>,
+    /// How models are opened, where their config.toml does not say.
+    pub open: OpenDefaults,
     /// The largest message decoded or encoded, in bytes.
     pub max_message_bytes: usize,
     /// The longest a request may take, unless the client's `grpc-timeout` is shorter.
@@ -65,27 +62,28 @@ pub struct Http2Config {
 }
 
 impl ServeConfig {
-    /// Defaults for serving `models`: one worker per core per model, 256 queued requests per
-    /// model, batches of up to 64 rows, 30 s requests, 64 MiB messages.
+    /// The defaults of `predictd serve` ([`crate::config::defaults`], which its flags show)
+    /// for serving `models`.
     pub fn new(models: impl Into<PathBuf>) -> ServeConfig {
+        use crate::config::defaults;
         ServeConfig {
             models: models.into(),
             scheduler: SchedulerConfig {
-                workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                queue_capacity: 256,
-                max_batch_size: 64,
-                max_queue_delay: Duration::ZERO,
+                workers: defaults::workers(),
+                queue_capacity: defaults::QUEUE_CAPACITY,
+                max_batch_size: defaults::MAX_BATCH_SIZE,
+                max_queue_delay: Duration::from_micros(defaults::MAX_QUEUE_DELAY_US),
             },
-            preferred_batch_sizes: repository::DEFAULT_PREFERRED_BATCH_SIZES.to_vec(),
-            max_message_bytes: 64 * 1024 * 1024,
-            request_timeout: Duration::from_secs(30),
-            max_concurrent_requests: 1024,
-            shutdown_grace: Duration::from_secs(30),
+            open: OpenDefaults::default(),
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            request_timeout: defaults::REQUEST_TIMEOUT,
+            max_concurrent_requests: defaults::MAX_CONCURRENT_REQUESTS,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
             http2: Http2Config {
-                keepalive_interval: Some(Duration::from_secs(60)),
-                keepalive_timeout: Duration::from_secs(20),
-                max_concurrent_streams: 1024,
-                tcp_nodelay: true,
+                keepalive_interval: Some(defaults::HTTP2_KEEPALIVE_INTERVAL),
+                keepalive_timeout: defaults::HTTP2_KEEPALIVE_TIMEOUT,
+                max_concurrent_streams: defaults::HTTP2_MAX_CONCURRENT_STREAMS,
+                tcp_nodelay: defaults::TCP_NODELAY,
             },
         }
     }
@@ -181,7 +179,7 @@ impl App {
             found,
             Arc::clone(&registry),
             config.scheduler,
-            config.preferred_batch_sizes.clone(),
+            config.open.clone(),
             reporter.clone(),
         ));
 
@@ -222,14 +220,12 @@ impl App {
                 let _ = drained.wait_for(|&draining| draining).await;
             }
         };
+        // The one stack both transports' calls pass through: request id, trace, deadline,
+        // and the concurrency limit for inference calls.
+        let edge = EdgeLayer::new(config.request_timeout, Arc::clone(&permits));
         let rest = serve_rest(
             http,
-            rest::router(
-                Arc::clone(&registry),
-                Arc::clone(&permits),
-                config.request_timeout,
-                config.max_message_bytes,
-            ),
+            rest::router(Arc::clone(&registry), config.max_message_bytes).layer(edge.clone()),
             config.http2.tcp_nodelay,
             draining_begins(),
         );
@@ -239,42 +235,13 @@ impl App {
             .http2_keepalive_interval(http2.keepalive_interval)
             .http2_keepalive_timeout(Some(http2.keepalive_timeout))
             .max_concurrent_streams(Some(http2.max_concurrent_streams))
-            // The stack every call passes through, outermost first. Inference services add the
-            // global concurrency limit and load shedding beneath it (see `Limited`).
-            .layer(
-                ServiceBuilder::new()
-                    // 1. Request id: the client's `x-request-id`, or a new UUID; echoed on the reply.
-                    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                    .layer(PropagateRequestIdLayer::x_request_id())
-                    // 2. One span per call carrying that id, so every log line of the call names
-                    //    it, on the model's worker thread too. Client errors are not logged as errors.
-                    .layer(
-                        TraceLayer::new_for_grpc()
-                            .make_span_with(call_span)
-                            .on_request(())
-                            .on_response(DefaultOnResponse::new().level(Level::DEBUG))
-                            .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-                    )
-                    // 3. Deadline: the client's grpc-timeout or --request-timeout, whichever is
-                    //    sooner; expiry answers DEADLINE_EXCEEDED and withdraws queued work.
-                    .layer(DeadlineLayer::new(config.request_timeout)),
-            )
+            .layer(edge)
             .add_service(health)
             .add_service(reflection().build_v1()?)
             // grpcurl 1.8 and many tools still ask the v1alpha reflection service.
             .add_service(reflection().build_v1alpha()?)
-            // Inference services sit behind the concurrency limit; health and reflection do not,
-            // so probes answer even when every permit is taken.
-            .add_service(Limited::new(
-                prediction,
-                &permits,
-                &["Predict", "PredictStream"],
-            ))
-            .add_service(Limited::new(
-                inference,
-                &permits,
-                &["ModelInfer", "ModelStreamInfer"],
-            ))
+            .add_service(prediction)
+            .add_service(inference)
             // tonic applies TCP_NODELAY only to sockets it accepts itself, not to a listener
             // handed in; without it, small replies wait out the client's delayed ACK (~40 ms).
             .serve_with_incoming_shutdown(
@@ -293,12 +260,13 @@ impl App {
                 tracing::warn!(?grace, "shutdown grace expired; calls still in flight are dropped");
             }
         }
+        join_workers(&registry, grace).await;
         Ok(())
     }
 }
 
-/// Serves the REST front end on `listener` (if any) through the same request-id and trace
-/// layers as gRPC, until `drain` completes; then finishes the requests in flight.
+/// Serves the REST front end on `listener` (if any) until `drain` completes; then finishes the
+/// requests in flight.
 async fn serve_rest(
     listener: Option<TcpListener>,
     router: axum::Router,
@@ -308,18 +276,6 @@ async fn serve_rest(
     let Some(listener) = listener else {
         return Ok(());
     };
-    let router = router.layer(
-        ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(
-                TraceLayer::new_for_http()
-                    .make_span_with(call_span)
-                    .on_request(())
-                    .on_response(DefaultOnResponse::new().level(Level::DEBUG))
-                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-            ),
-    );
     let listener = listener.tap_io(move |tcp| {
         if let Err(e) = tcp.set_nodelay(nodelay) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -330,14 +286,24 @@ async fn serve_rest(
         .await
 }
 
-/// The span of one call, named by its request id.
-fn call_span<B>(request: &http::Request<B>) -> tracing::Span {
-    let id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    tracing::info_span!("call", request_id = %id, rpc = %request.uri().path())
+/// Closes every model's queue and waits, off the reactor, for its worker threads to finish what
+/// they hold; a worker still busy after `grace` (a call whose connection outlived the drain) is
+/// left to end with the process.
+async fn join_workers(registry: &Registry, grace: Duration) {
+    let threads = registry.close();
+    let count = threads.len();
+    let joined = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    });
+    match tokio::time::timeout(grace, joined).await {
+        Ok(_) => tracing::debug!(threads = count, "worker threads joined"),
+        Err(_) => tracing::warn!(
+            ?grace,
+            "worker threads still busy after the grace; not waiting"
+        ),
+    }
 }
 
 /// Loads and starts every model off the reactor, publishes them, then reports SERVING.
@@ -345,11 +311,11 @@ async fn load_models(
     found: Catalog<PathBuf>,
     registry: Arc<Registry>,
     defaults: SchedulerConfig,
-    preferred_batch_sizes: Vec<usize>,
+    open: OpenDefaults,
     reporter: HealthReporter,
 ) {
     let loaded = tokio::task::spawn_blocking(move || {
-        let models = repository::load(&found, &preferred_batch_sizes);
+        let models = open_all(&found, &open);
         start_schedulers(&models, defaults)
     })
     .await;

@@ -765,7 +765,7 @@ fn an_interrupted_run_leaves_no_output() {
     let source = dir.path().join("big.parquet");
     write_parquet(&source, &wine_rows(400_000), 50_000);
     let output = out_dir.join("scores.parquet");
-    let child = Command::new(env!("CARGO_BIN_EXE_predictd"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_predictd"))
         .args([
             "batch",
             "--progress",
@@ -785,26 +785,41 @@ fn an_interrupted_run_leaves_no_output() {
             "--batch-rows",
             "16",
         ])
+        // The run says when its partial output exists: then it is under way.
+        .env("PREDICTD_LOG", "predictd=debug")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the partial file exists: the run is under way.
-    let started = std::time::Instant::now();
-    while std::fs::read_dir(&out_dir).unwrap().next().is_none() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "no partial output appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        child.stderr.take().expect("stderr is piped"),
+    ));
+    let mut stderr = String::new();
+    let mut under_way = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        stderr.push_str(&line);
+        stderr.push('\n');
+        if line.contains("writing the output under a temporary name") {
+            under_way = true;
+            break;
+        }
     }
+    assert!(under_way, "the run never said it began writing: {stderr}");
+    assert!(
+        std::fs::read_dir(&out_dir).unwrap().next().is_some(),
+        "no partial output: {stderr}"
+    );
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    for line in lines {
+        stderr.push_str(&line.unwrap());
+        stderr.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     let left: Vec<_> = std::fs::read_dir(&out_dir)
         .unwrap()

@@ -6,7 +6,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use common::{RefTensor, Reference, TestServer, bundled_models, references};
@@ -192,12 +191,7 @@ async fn model_config_and_statistics_describe_what_ran() {
 }
 
 fn rest(server: &TestServer) -> axum::Router {
-    predictd::rest::router(
-        Arc::clone(&server.registry),
-        Arc::new(tokio::sync::Semaphore::new(16)),
-        Duration::from_secs(30),
-        1 << 20,
-    )
+    predictd::kserve::rest::router(Arc::clone(&server.registry), 1 << 20)
 }
 
 async fn call(router: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {

@@ -59,7 +59,7 @@ async fn every_bundled_model_matches_onnxruntime_typed_and_raw() {
 #[tokio::test]
 async fn plans_fixed_to_the_reference_batch_size_match_onnxruntime() {
     let mut config = ServeConfig::new(bundled_models());
-    config.preferred_batch_sizes = vec![8];
+    config.open.preferred_batch_sizes = vec![8];
     let server = TestServer::start_with(config).await;
     let mut client = server.client();
     for reference in references(&bundled_models()) {

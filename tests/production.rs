@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{TestServer, heavy_request, raw_unary, wait_until, write_heavy_model};
+use common::{
+    TestServer, heavy_json, heavy_request, http_post, raw_unary, wait_for_stats, write_heavy_model,
+};
 use predictd::proto::predictd::v1 as pb;
 use predictd::server::ServeConfig;
 use tonic::Code;
@@ -85,7 +87,7 @@ async fn a_queued_request_whose_client_gives_up_is_never_run() {
     // A keeps the only worker busy for ~300 ms.
     let mut a_client = server.new_client().await;
     let a = tokio::spawn(async move { a_client.predict(heavy_request("heavy", 300)).await });
-    wait_until("A is running", || server.stats("heavy").started == 1).await;
+    wait_for_stats(&server, "heavy", "A is running", |s| s.started == 1).await;
     // B queues behind A; its 30 ms deadline passes while it waits.
     let (code, message) = raw_unary(
         server.addr,
@@ -133,8 +135,8 @@ async fn a_flood_is_refused_fast_while_health_and_listing_still_answer() {
             (result.map(|_| ()), order.fetch_add(1, Ordering::SeqCst))
         }));
     }
-    wait_until("the flood reaches the model", || {
-        server.stats("heavy").started >= 1
+    wait_for_stats(&server, "heavy", "the flood reaches the model", |s| {
+        s.started >= 1
     })
     .await;
     // Probes answer while the model is saturated.
@@ -294,8 +296,8 @@ async fn shutdown_lets_calls_in_flight_finish_and_refuses_new_ones() {
             client.predict(heavy_request("heavy", 100)).await
         }));
     }
-    wait_until("the calls are in flight", || {
-        server.stats("heavy").started >= 1
+    wait_for_stats(&server, "heavy", "the calls are in flight", |s| {
+        s.started >= 1
     })
     .await;
     let mut health = HealthClient::new(server.channel.clone())
@@ -360,4 +362,39 @@ async fn a_stream_ends_at_its_deadline_with_deadline_exceeded() {
         status.message()
     );
     drop(send);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_times_out_with_504_through_the_edge_stack() {
+    let (server, _dir) = heavy_server(|c| c.request_timeout = Duration::from_millis(50)).await;
+    let (status, body) =
+        http_post(server.http_addr, "/v2/models/heavy/infer", &heavy_json(300)).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("--request-timeout"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_is_shed_with_429_while_grpc_holds_every_permit() {
+    let (server, _dir) = heavy_server(|c| c.max_concurrent_requests = 1).await;
+    let mut client = server.new_client().await;
+    let busy = tokio::spawn(async move { client.predict(heavy_request("heavy", 300)).await });
+    wait_for_stats(&server, "heavy", "the gRPC call runs", |s| s.started == 1).await;
+    let (status, body) =
+        http_post(server.http_addr, "/v2/models/heavy/infer", &heavy_json(1)).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("--max-concurrent-requests"), "{body}");
+    // Probes and metadata are not behind the limit.
+    let ready = http_post(server.http_addr, "/v2/repository/index", "{}").await;
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    busy.await
+        .unwrap()
+        .expect("the call holding the permit completes");
+    let (status, body) =
+        http_post(server.http_addr, "/v2/models/heavy/infer", &heavy_json(1)).await;
+    assert_eq!(status, 200, "the permit is back: {body}");
+    assert_eq!(
+        server.stats("heavy").started,
+        2,
+        "the shed request never reached the model"
+    );
 }

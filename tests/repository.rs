@@ -170,3 +170,58 @@ async fn a_missing_repository_is_an_error_not_an_empty_server() {
     .expect_err("no such folder");
     assert!(err.to_string().contains("/definitely/not/here"), "{err}");
 }
+
+/// `predictd serve`, `predictd batch` and the Python package (`open_named`) and `predictd
+/// inspect` (`open_file`) open a model through one function: each bundled model gets the same
+/// plans and gives the same outputs in all of them, and those are onnxruntime's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_front_end_opens_a_model_the_same_way() {
+    use predictd::engine::open::{OpenDefaults, open_file, open_named};
+    use predictd::v1::convert::{tensor_from_wire, tensor_to_wire};
+
+    let models = bundled_models();
+    let server = TestServer::start(&models).await;
+    let catalog = server.registry.snapshot();
+    for reference in references(&models) {
+        let name = reference.model.as_str();
+        let (version, scheduler) = catalog.resolve(name, "").unwrap();
+        let served = scheduler.model();
+        let named = open_named(&models, name, "", &OpenDefaults::default())
+            .unwrap()
+            .model;
+        let file = models
+            .join(name)
+            .join(version.to_string())
+            .join("model.onnx");
+        let inspected = open_file(&file, &OpenDefaults::default()).unwrap().model;
+        let inputs: Vec<_> = reference
+            .inputs
+            .iter()
+            .map(|(input, t)| (input.clone(), tensor_from_wire(typed(t)).unwrap()))
+            .collect();
+        let run = |model: &predictd::engine::model::Model| {
+            let valid = model.signature().validate(inputs.clone()).unwrap();
+            model.run(valid).unwrap()
+        };
+        let served_outputs = run(served);
+        for (front, model) in [("batch and Python", &named), ("inspect", &inspected)] {
+            assert_eq!(
+                (model.name(), model.version()),
+                (served.name(), served.version()),
+                "{front}"
+            );
+            assert_eq!(
+                model.fixed_batch_sizes().collect::<Vec<_>>(),
+                served.fixed_batch_sizes().collect::<Vec<_>>(),
+                "{front}: {name}'s plans"
+            );
+            assert!(run(model) == served_outputs, "{front}: {name}'s outputs");
+        }
+        for (spec, output) in served.signature().outputs.iter().zip(&served_outputs) {
+            if let Some(expected) = reference.outputs.get(&spec.name) {
+                let context = format!("{name} {}", spec.name);
+                common::assert_matches(&context, &tensor_to_wire(output, false), expected);
+            }
+        }
+    }
+}

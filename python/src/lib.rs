@@ -12,10 +12,11 @@ use bytes::Bytes;
 use numpy::ndarray::ArrayD;
 use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods};
 use predictd::columns::{Binding, ListLayout, Mapping, ScoreError};
-use predictd::model::{Model, RUN_ROWS};
-use predictd::repository;
-use predictd::signature::{Signature, TensorSpec};
-use predictd::tensor::{DType, Element, Tensor};
+use predictd::engine::model::Model;
+use predictd::engine::open::{OpenDefaults, Opened, open_named};
+use predictd::engine::signature::{Signature, TensorSpec};
+use predictd::engine::tensor::{DType, Element, Tensor};
+use predictd::error::chain;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -53,19 +54,8 @@ fn load(
         Some(v) => v.str()?.to_string(),
     };
     py.detach(move || {
-        let found = repository::discover(&models).map_err(fail)?;
-        let (number, path) = found.resolve(&name, &version).map_err(fail)?;
-        let config = found
-            .models
-            .get(&name)
-            .map(|m| m.config.clone())
-            .unwrap_or_default();
-        let mut sizes = config
-            .preferred_batch_sizes
-            .clone()
-            .unwrap_or_else(|| repository::DEFAULT_PREFERRED_BATCH_SIZES.to_vec());
-        sizes.push(RUN_ROWS);
-        let model = Model::load(&name, number, path, &sizes).map_err(fail)?;
+        let Opened { model, config } =
+            open_named(&models, &name, &version, &OpenDefaults::default()).map_err(fail)?;
         Ok(PyModel {
             model: Arc::new(model),
             fill_null: config.fill_null,
@@ -143,7 +133,8 @@ impl PyModel {
                 format!("model '{}' version {}: {e}", model.name(), model.version())
             };
             let valid = model.signature().validate(named).map_err(|e| context(&e))?;
-            model.run(valid).map_err(|e| context(&e))
+            // No log to read here: the engine's own words go to the caller.
+            model.run(valid).map_err(|e| context(&chain(&e)))
         });
         let outputs = outputs.map_err(fail)?;
         let result = PyDict::new(py);
@@ -203,9 +194,10 @@ impl PyModel {
                         c.to_string()
                     }
                     other => format!(
-                        "model '{}' version {}: {other}",
+                        "model '{}' version {}: {}",
                         model.name(),
-                        model.version()
+                        model.version(),
+                        chain(&other)
                     ),
                 })?);
                 first_row += batch.num_rows();

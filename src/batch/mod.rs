@@ -16,9 +16,9 @@ use std::sync::Arc;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 
 use crate::columns::{BindError, Binding, ListLayout, Mapping, ScoreError};
-use crate::model::Model;
-use crate::repository::{self, LookupError};
-use crate::tensor::DType;
+use crate::engine::model::Model;
+use crate::engine::open::{OpenDefaults, OpenError, Opened, open_named};
+use crate::engine::tensor::DType;
 
 pub use source::{Format, Unit};
 
@@ -63,12 +63,9 @@ pub enum BatchError {
         /// Why.
         reason: String,
     },
-    /// The model cannot be found in the repository.
+    /// The model cannot be found in the repository, or does not load.
     #[error(transparent)]
-    Lookup(#[from] LookupError),
-    /// The model cannot be loaded.
-    #[error("{0}")]
-    Load(String),
+    Model(#[from] OpenError),
     /// The columns cannot feed the model.
     #[error("{}: {error}", .path.display())]
     Bind {
@@ -146,7 +143,7 @@ impl BatchError {
                 path: path.to_path_buf(),
                 first,
                 end: first + rows as u64,
-                reason: other.to_string(),
+                reason: crate::error::chain(&other),
             },
         }
     }
@@ -213,18 +210,12 @@ impl Job {
             input: options.inputs.join(" "),
         })?;
         let mut schema = source::schema(first)?;
-        let found =
-            repository::discover(&options.models).map_err(|e| BatchError::Load(e.to_string()))?;
-        let (version, model_path) = found.resolve(&options.model, &options.version)?;
-        let config = found
-            .models
-            .get(&options.model)
-            .map(|m| m.config.clone())
-            .unwrap_or_default();
-        // A plan fixed to the run size: every run but the last of each file takes it.
-        let run_rows = options.batch_rows.min(crate::model::RUN_ROWS);
-        let model = Model::load(&options.model, version, model_path, &[run_rows])
-            .map_err(|e| BatchError::Load(e.to_string()))?;
+        let Opened { model, config } = open_named(
+            &options.models,
+            &options.model,
+            &options.version,
+            &OpenDefaults::default(),
+        )?;
         let layout = match output_format {
             Format::Parquet => ListLayout::FixedSizeList,
             Format::Csv => ListLayout::Columns,

@@ -47,6 +47,7 @@ impl Sink {
             path: temp.clone(),
             reason: e.to_string(),
         })?;
+        tracing::debug!(partial = %temp.display(), "writing the output under a temporary name");
         let out = BufWriter::with_capacity(1 << 20, file);
         let mut sink = Sink {
             path: path.to_path_buf(),

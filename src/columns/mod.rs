@@ -28,10 +28,10 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+use crate::engine::model::{Model, RUN_ROWS, RunError};
+use crate::engine::signature::{Dim, InputError, Signature, TensorSpec};
+use crate::engine::tensor::{DType, Tensor};
 use crate::error::{Classify, ErrorKind};
-use crate::model::{Model, RUN_ROWS, RunError};
-use crate::signature::{Dim, InputError, Signature, TensorSpec};
-use crate::tensor::{DType, Tensor};
 
 pub use read::ColumnError;
 pub use write::arrow_type;
@@ -451,7 +451,7 @@ impl Binding {
     }
 
     /// Scores one batch: columns to tensors, the model's own validation, the run (in slices of
-    /// [`crate::model::RUN_ROWS`] rows), outputs to columns beside the kept ones.
+    /// [`crate::engine::model::RUN_ROWS`] rows), outputs to columns beside the kept ones.
     pub fn score(&self, model: &Model, batch: &RecordBatch) -> Result<RecordBatch, ScoreError> {
         if batch.num_rows() == 0 {
             // Nothing to run (models refuse empty batches); still the right columns.

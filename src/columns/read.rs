@@ -12,7 +12,7 @@ use arrow::datatypes::{
 use bytes::Bytes;
 
 use super::{InputBinding, Source, transpose};
-use crate::tensor::{DType, Tensor};
+use crate::engine::tensor::{DType, Tensor};
 
 /// A column whose values cannot feed the model: a null, a list of the wrong length.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,7 +98,7 @@ pub(super) fn tensor(
     let mut shape = Vec::with_capacity(item_shape.len() + 1);
     shape.push(rows);
     shape.extend(&item_shape);
-    let invalid = |e: crate::tensor::TensorError| ColumnError {
+    let invalid = |e: crate::engine::tensor::TensorError| ColumnError {
         column: names.join(","),
         row: None,
         reason: e.to_string(),

@@ -11,7 +11,7 @@ use arrow::compute::take;
 use arrow::datatypes::{DataType, Field};
 
 use super::{ListLayout, OutputBinding};
-use crate::tensor::{DType, Tensor};
+use crate::engine::tensor::{DType, Tensor};
 
 /// The Arrow type that holds values of `dtype`.
 pub fn arrow_type(dtype: DType) -> DataType {
@@ -70,7 +70,7 @@ pub(super) fn columns(
     if tensor.rows() != rows || tensor.shape().is_empty() {
         return Err(format!(
             "the model returned shape {} for {rows} row(s)",
-            crate::tensor::ShapeDisplay(tensor.shape())
+            crate::engine::tensor::ShapeDisplay(tensor.shape())
         ));
     }
     if tensor.dtype() != output.dtype {
@@ -84,7 +84,7 @@ pub(super) fn columns(
     if output.width.is_some_and(|k| k != width) {
         return Err(format!(
             "the model returned shape {}, its signature says {} value(s) per row",
-            crate::tensor::ShapeDisplay(tensor.shape()),
+            crate::engine::tensor::ShapeDisplay(tensor.shape()),
             output.width.unwrap_or(0)
         ));
     }

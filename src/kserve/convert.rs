@@ -5,8 +5,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::engine::tensor::{DType, Tensor, TensorError, shape_from_wire};
 use crate::proto::inference as pb;
-use crate::tensor::{DType, Tensor, TensorError, shape_from_wire};
 
 /// Why a protocol tensor is not a tensor.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::convert::{
     ContentsError, datatype_name, dtype_from_name, tensor_from_raw, tensor_to_raw,
 };
-use crate::tensor::{DType, Element, Tensor, TensorError, shape_from_wire};
+use crate::engine::tensor::{DType, Element, Tensor, TensorError, shape_from_wire};
 
 /// Why a request body cannot be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,6 +1,8 @@
-//! The Open Inference Protocol (KServe v2), shared by its gRPC and REST front ends: tensor
-//! conversions and what the protocol reports about the server and its models.
+//! The Open Inference Protocol (KServe v2) with Triton's extensions: its gRPC and REST faces side
+//! by side, their tensor conversions, and what the protocol reports about the server and models.
 
 pub mod convert;
+pub mod grpc;
 pub mod json;
 pub mod model_info;
+pub mod rest;

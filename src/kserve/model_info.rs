@@ -2,19 +2,17 @@
 //! model configuration, statistics, the repository index — built once from the catalog as
 //! protocol messages. The gRPC service returns them as they are; REST renders them as JSON.
 
+use crate::engine::repository::{Catalog, LookupError, MODEL_FILE, Slot};
+use crate::engine::signature::TensorSpec;
+use crate::engine::tensor::DType;
 use crate::proto::inference as pb;
-use crate::repository::{Catalog, LookupError, MODEL_FILE, Slot};
-use crate::scheduler::Scheduler;
-use crate::signature::TensorSpec;
-use crate::tensor::DType;
+use crate::serving::scheduler::Scheduler;
 
 use super::convert::datatype_name;
 
 /// What `platform` says of every model: Triton's name for a model in ONNX format. Tools key on
 /// it; `backend` says which engine really runs it.
 pub const PLATFORM: &str = "onnxruntime_onnx";
-/// The engine that runs the models.
-pub const BACKEND: &str = "tract";
 /// The protocol extensions served: perf_analyzer reads statistics only when it is listed.
 /// Not "model_repository": the index is served, loading and unloading are not.
 pub const EXTENSIONS: &[&str] = &["model_configuration", "statistics", "binary_tensor_data"];
@@ -113,7 +111,7 @@ pub fn config(
     Ok(pb::ModelConfig {
         name: name.to_string(),
         platform: PLATFORM.to_string(),
-        backend: BACKEND.to_string(),
+        backend: crate::engine::BACKEND.to_string(),
         max_batch_size,
         input: signature
             .inputs

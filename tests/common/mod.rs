@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use predictd::proto::predictd::v1 as pb;
-use predictd::registry::Registry;
 use predictd::server::{App, ServeConfig};
-use predictd::stats::StatsSnapshot;
+use predictd::serving::registry::Registry;
+use predictd::serving::stats::StatsSnapshot;
 use serde::Deserialize;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -33,6 +33,8 @@ pub fn bundled_models() -> PathBuf {
 pub struct TestServer {
     pub channel: Channel,
     pub addr: std::net::SocketAddr,
+    /// Where the REST front end listens.
+    pub http_addr: std::net::SocketAddr,
     pub registry: Arc<Registry>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -50,8 +52,12 @@ impl TestServer {
     pub async fn start_with(config: ServeConfig) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = App::new(config).expect("repository readable");
+        let app = App::new(config)
+            .expect("repository readable")
+            .with_http(http);
         let registry = app.registry();
         let task = tokio::spawn(async move {
             app.serve(listener, async {
@@ -69,6 +75,7 @@ impl TestServer {
         TestServer {
             channel,
             addr,
+            http_addr,
             registry,
             stop: Some(stop),
             task: Some(task),
@@ -120,6 +127,37 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// A plain HTTP/1.1 POST of a JSON `body` to `path`: the status and the body of the answer.
+pub async fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_string());
+    (status, body)
+}
+
+/// A KServe v2 JSON request for the heavy model, `rows` rows of 0.5.
+pub fn heavy_json(rows: usize) -> String {
+    let data = vec!["0.5"; rows * 256].join(",");
+    format!(
+        r#"{{"inputs":[{{"name":"X","shape":[{rows},256],"datatype":"FP32","data":[{data}]}}]}}"#
+    )
 }
 
 /// One tensor of a reference file.
@@ -324,16 +362,23 @@ pub async fn wait_until_serving(channel: Channel) {
     );
 }
 
-/// Polls `condition` (every millisecond, at most 30 s) until it holds. For waiting on another
-/// task's progress that has no event to await; fails the test rather than hanging.
-pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..30_000 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    panic!("timed out waiting until {what}");
+/// Waits until `condition` holds of `model`'s counters, woken by the scheduler as runs begin
+/// (no polling); fails the test after 30 s rather than hanging.
+pub async fn wait_for_stats(
+    server: &TestServer,
+    model: &str,
+    what: &str,
+    condition: impl Fn(&StatsSnapshot) -> bool,
+) {
+    let catalog = server.registry.snapshot();
+    let (_, scheduler) = catalog.resolve(model, "").unwrap();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        scheduler.stats().wait_for(condition),
+    );
+    waited
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
 }
 
 /// Writes `<root>/<name>/1/model.onnx`, a deliberately heavy model: `X` FP32 [N, 256] through

@@ -1,0 +1,326 @@
+//! The one tower stack every call passes through, gRPC and REST alike, outermost first:
+//! request id → trace → deadline → limit (with shedding). [`EdgeLayer`] builds it once; the
+//! server applies it to tonic and to axum. What a layer refuses becomes an [`ApiError`] and is
+//! answered in the caller's protocol, chosen by the transport's body type ([`Reply`]).
+//!
+//! Deadlines are our own layer, not tower's `Timeout`: tower's takes one fixed duration, while a
+//! gRPC deadline is per request (`grpc-timeout`), and tonic's built-in handling answers an
+//! expired call with CANCELLED where clients expect DEADLINE_EXCEEDED.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestId, PropagateRequestIdLayer, SetRequestId, SetRequestIdLayer,
+};
+use tower_http::trace::{
+    DefaultOnBodyChunk, DefaultOnEos, DefaultOnFailure, DefaultOnResponse, MakeSpan, Trace,
+    TraceLayer,
+};
+use tracing::Level;
+
+use crate::edge::routes::{self, Group};
+use crate::edge::status::ApiError;
+use crate::error::ErrorKind;
+
+/// The deadlines of one request, put in its extensions by [`DeadlineLayer`].
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// The client's deadline (`grpc-timeout`), if it sent one.
+    pub client: Option<Instant>,
+    /// The server's limit on one request (`--request-timeout`).
+    pub request_timeout: Duration,
+}
+
+impl Deadlines {
+    /// The deadline of a unit of work that starts at `start`: the client's or the server's
+    /// limit, whichever comes first.
+    pub fn for_work_starting(&self, start: Instant) -> Instant {
+        let server = start + self.request_timeout;
+        self.client.map_or(server, |client| client.min(server))
+    }
+}
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// tonic enforces `grpc-timeout` itself, outside our layers, and answers CANCELLED. Our
+/// deadline comes this much earlier so that the client gets DEADLINE_EXCEEDED.
+const AHEAD_OF_TONIC: Duration = Duration::from_millis(1);
+
+/// A transport's response body, which says how a refusal of the edge is answered on it: a gRPC
+/// status (in the headers of an empty reply) on tonic, KServe's JSON error on axum.
+pub trait Reply: Sized {
+    /// The reply that carries `error`.
+    fn error(error: ApiError) -> Response<Self>;
+}
+
+impl Reply for tonic::body::Body {
+    fn error(error: ApiError) -> Response<Self> {
+        tonic::Status::from(error).into_http()
+    }
+}
+
+impl Reply for axum::body::Body {
+    fn error(error: ApiError) -> Response<Self> {
+        axum::response::IntoResponse::into_response(error)
+    }
+}
+
+/// The stack, built once from the server's settings and applied to both transports.
+#[derive(Debug, Clone)]
+pub struct EdgeLayer {
+    request_timeout: Duration,
+    permits: Arc<Semaphore>,
+}
+
+impl EdgeLayer {
+    /// Requests last at most `request_timeout` (less if the client says so); inference calls
+    /// each hold one of `permits` (shared by both transports and by stream messages) or are
+    /// refused at once.
+    pub fn new(request_timeout: Duration, permits: Arc<Semaphore>) -> EdgeLayer {
+        EdgeLayer {
+            request_timeout,
+            permits,
+        }
+    }
+}
+
+/// What [`EdgeLayer`] makes of a service.
+pub type Edge<S> = SetRequestId<
+    PropagateRequestId<
+        Trace<
+            DeadlineService<LimitService<S>>,
+            SharedClassifier<ServerErrorsAsFailures>,
+            CallSpan,
+            (),
+            DefaultOnResponse,
+            DefaultOnBodyChunk,
+            DefaultOnEos,
+            DefaultOnFailure,
+        >,
+    >,
+    MakeRequestUuid,
+>;
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let limited = LimitService {
+            inner,
+            permits: Arc::clone(&self.permits),
+        };
+        let deadline = DeadlineService {
+            inner: limited,
+            request_timeout: self.request_timeout,
+        };
+        // 2. One span per call carrying its request id, so every log line of the call names
+        //    it, on the model's worker thread too. Client errors are not logged as errors.
+        let traced = TraceLayer::new_for_http()
+            .make_span_with(CallSpan)
+            .on_request(())
+            .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+            .on_failure(DefaultOnFailure::new().level(Level::DEBUG))
+            .layer(deadline);
+        // 1. Request id: the client's `x-request-id`, or a new UUID; echoed on the reply.
+        let propagated = PropagateRequestIdLayer::x_request_id().layer(traced);
+        SetRequestIdLayer::x_request_id(MakeRequestUuid).layer(propagated)
+    }
+}
+
+/// The span of one call, named by its request id.
+#[derive(Debug, Clone, Copy)]
+pub struct CallSpan;
+
+impl<B> MakeSpan<B> for CallSpan {
+    fn make_span(&mut self, request: &Request<B>) -> tracing::Span {
+        let id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        tracing::info_span!("call", request_id = %id, rpc = %request.uri().path())
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Sets each request's [`Deadlines`] and answers DEADLINE_EXCEEDED (504) when the handler has
+/// not answered by then.
+#[derive(Debug, Clone)]
+pub struct DeadlineService<S> {
+    inner: S,
+    request_timeout: Duration,
+}
+
+impl<S, B, R> Service<Request<B>> for DeadlineService<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Reply + Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<R>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let now = Instant::now();
+        let client = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|t| now + t.saturating_sub(AHEAD_OF_TONIC));
+        let deadlines = Deadlines {
+            client,
+            request_timeout: self.request_timeout,
+        };
+        request.extensions_mut().insert(deadlines);
+        let deadline = deadlines.for_work_starting(now);
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline.into(), call).await {
+                Ok(result) => result,
+                Err(_) => Ok(R::error(deadline_exceeded(&deadlines))),
+            }
+        })
+    }
+}
+
+/// Holds inference calls to the server's concurrency permits, shedding the ones that find none
+/// free: they are answered RESOURCE_EXHAUSTED (429) at once instead of waiting. Other groups
+/// pass freely, so probes and metadata answer under overload.
+#[derive(Debug, Clone)]
+pub struct LimitService<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+impl<S, B, R> Service<Request<B>> for LimitService<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Reply + Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<R>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if routes::group(request.method(), request.uri().path()) != Group::Inference {
+            return Box::pin(self.inner.call(request));
+        }
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            return Box::pin(std::future::ready(Ok(R::error(overloaded()))));
+        };
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let reply = call.await;
+            drop(permit);
+            reply
+        })
+    }
+}
+
+/// The refusal of a request whose deadline passed, saying whose deadline it was.
+pub fn deadline_exceeded(deadlines: &Deadlines) -> ApiError {
+    let server = deadlines.request_timeout;
+    let message = match deadlines.client {
+        Some(_) => format!(
+            "the deadline passed before the request was answered (the client's grpc-timeout, or the server's --request-timeout of {server:?}, whichever came first)"
+        ),
+        None => format!(
+            "the request was not answered within the server's --request-timeout of {server:?}"
+        ),
+    };
+    ApiError::new(ErrorKind::DeadlineExceeded, message)
+}
+
+/// The refusal of a call that finds every concurrency permit taken.
+pub fn overloaded() -> ApiError {
+    ApiError::new(
+        ErrorKind::ResourceExhausted,
+        "the server is at its limit of concurrent requests (--max-concurrent-requests); retry later",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_per_the_spec() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout("123456789S"), None, "at most 8 digits");
+        assert_eq!(parse_grpc_timeout("10x"), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+    }
+
+    #[test]
+    fn the_earlier_deadline_wins() {
+        let now = Instant::now();
+        let server_only = Deadlines {
+            client: None,
+            request_timeout: Duration::from_secs(30),
+        };
+        assert_eq!(
+            server_only.for_work_starting(now),
+            now + Duration::from_secs(30)
+        );
+        let client_sooner = Deadlines {
+            client: Some(now + Duration::from_millis(50)),
+            ..server_only
+        };
+        assert_eq!(
+            client_sooner.for_work_starting(now),
+            now + Duration::from_millis(50)
+        );
+        let client_later = Deadlines {
+            client: Some(now + Duration::from_secs(60)),
+            ..server_only
+        };
+        assert_eq!(
+            client_later.for_work_starting(now),
+            now + Duration::from_secs(30)
+        );
+    }
+}

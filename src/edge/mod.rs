@@ -1,0 +1,9 @@
+//! The edge: what every call passes through before and after its protocol's handler, for gRPC
+//! and REST alike. The tower layers, the one table from errors to gRPC codes and HTTP statuses,
+//! and the plumbing of bidirectional streams.
+
+pub mod layers;
+pub mod routes;
+pub mod status;
+pub mod stream;
+pub mod trace;

@@ -1,0 +1,82 @@
+//! What every bidirectional inference stream shares: each message takes a concurrency permit of
+//! its own (so one stream cannot starve unary callers), a bounded window of messages runs at
+//! once, replies leave in request order, and the stream ends at the client's deadline with
+//! `DEADLINE_EXCEEDED`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, StreamExt, stream};
+use tokio::sync::Semaphore;
+use tonic::{Request, Status, Streaming};
+
+use crate::edge::layers::{Deadlines, deadline_exceeded, overloaded};
+
+/// How many messages of one stream may be in flight at once. The window lets a stream keep the
+/// model's workers busy instead of waiting on each round trip.
+const STREAM_WINDOW: usize = 64;
+
+/// A stream of replies, as tonic wants it.
+pub type ReplyStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The deadlines the deadline layer attached to a call (none when called without the stack).
+pub fn deadlines<T>(request: &Request<T>) -> Deadlines {
+    request
+        .extensions()
+        .get::<Deadlines>()
+        .copied()
+        .unwrap_or(Deadlines {
+            client: None,
+            request_timeout: Duration::MAX,
+        })
+}
+
+/// Answers every message of `request`'s stream with `answer(message, deadline)`, or with
+/// `refuse(message, status)` when no concurrency permit is free. A message that cannot be read
+/// ends the stream: the transport is broken.
+pub fn answer_in_order<M, R, F, Fut>(
+    request: Request<Streaming<M>>,
+    permits: Arc<Semaphore>,
+    answer: F,
+    refuse: fn(M, Status) -> R,
+) -> ReplyStream<R>
+where
+    M: Send + 'static,
+    R: Send + 'static,
+    F: Fn(M, Instant) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = R> + Send,
+{
+    let deadlines = deadlines(&request);
+    let replies = request
+        .into_inner()
+        .map(move |message| {
+            let permits = Arc::clone(&permits);
+            let answer = answer.clone();
+            async move {
+                let message = message?;
+                // Each message answers by the stream's deadline or --request-timeout.
+                let deadline = deadlines.for_work_starting(Instant::now());
+                Ok(match permits.try_acquire_owned() {
+                    Ok(_permit) => answer(message, deadline).await,
+                    Err(_) => refuse(message, overloaded().into()),
+                })
+            }
+        })
+        .buffered(STREAM_WINDOW);
+    match deadlines.client {
+        None => Box::pin(replies),
+        Some(at) => Box::pin(
+            replies
+                .take_until(tokio::time::sleep_until(at.into()))
+                .chain(
+                    stream::once(async move { Instant::now() >= at }).filter_map(
+                        move |expired| async move {
+                            expired.then(|| Err(deadline_exceeded(&deadlines).into()))
+                        },
+                    ),
+                ),
+        ),
+    }
+}
