@@ -398,3 +398,40 @@ async fn rest_is_shed_with_429_while_grpc_holds_every_permit() {
         "the shed request never reached the model"
     );
 }
+
+/// The names of this process's threads that start with `prefix`.
+fn threads_named(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_joins_the_model_worker_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    // A name of its own: other tests in this process run models of their own at the same time.
+    write_heavy_model(dir.path(), "joined", 1);
+    let mut config = ServeConfig::new(dir.path());
+    config.scheduler.workers = 3;
+    let server = TestServer::start_with(config).await;
+    server
+        .client()
+        .predict(heavy_request("joined", 2))
+        .await
+        .expect("the model serves");
+    assert_eq!(
+        threads_named("joined-v1-").len(),
+        3,
+        "{:?}",
+        threads_named("")
+    );
+    server.stop().await;
+    assert_eq!(
+        threads_named("joined-v1-"),
+        Vec::<String>::new(),
+        "serve returned with worker threads still running"
+    );
+}
