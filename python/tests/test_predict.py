@@ -204,7 +204,6 @@ def test_dask_partitions_reach_arrow_as_from_pandas_makes_them():
 def test_the_running_server_gives_the_same_values():
     """The same rows through `predictd serve` (KServe v2 REST) and through the package."""
     import re
-    import time
     import urllib.request
 
     server = subprocess.Popen(
@@ -220,13 +219,11 @@ def test_the_running_server_gives_the_same_values():
                 http = m.group(1)
                 break
         assert http, "the server did not say where it listens"
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(f"http://{http}/v2/models/wine_forest/ready") as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.05)
+        # The server logs when its models are loaded: read on until it does.
+        assert any("models loaded; serving" in line for line in server.stderr), \
+            "the server never said its models were loaded"
+        with urllib.request.urlopen(f"http://{http}/v2/models/wine_forest/ready") as r:
+            assert r.status == 200
         table, _ = wine_table()
         rows = table.slice(0, 64)
         x = np.column_stack([rows.column(f"feature {j}").to_numpy() for j in range(13)]).astype(np.float32)

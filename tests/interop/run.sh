@@ -103,9 +103,9 @@ gc() { # [FLAGS] ADDR [list|describe] [SYMBOL]: grpcurl in plaintext, time-bound
 }
 
 serve() { # MODELS LOG NAME: starts predictd on free ports in the background, sets ADDR (gRPC) and
-    # HTTP (REST), and polls
-    # Health/Check (at most ~60 s) until "" is SERVING; returns 1 (after a not ok) if it never is
-    local models=$1 log=$2 name=$3 ports pid deadline=$((SECONDS + 60)) polls=0 out=""
+    # HTTP (REST), waits (at most 60 s) for the log line that says its models are loaded, then
+    # checks that Health/Check says "" is SERVING; returns 1 (after a not ok) if it does not
+    local models=$1 log=$2 name=$3 ports pid line follower out=""
     if ! ports=$("$PY" tests/interop/check.py ports 2 2>&1); then
         not_ok "pick free ports" "$ports"
         return 1
@@ -115,20 +115,22 @@ serve() { # MODELS LOG NAME: starts predictd on free ports in the background, se
     "$BIN" serve --models "$models" --grpc-addr "$ADDR" --http-addr "$HTTP" >"$log" 2>&1 &
     pid=$!
     SERVER_PIDS+=("$pid")
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        polls=$((polls + 1))
-        if ! kill -0 "$pid" 2>/dev/null; then
-            not_ok "server on $name becomes SERVING" "server exited; log: $(tail -n 5 "$log")"
-            return 1
-        fi
-        if out=$(gc -connect-timeout 2 -d '{"service": ""}' "$ADDR" grpc.health.v1.Health/Check) &&
-            grep -q '"SERVING"' <<<"$out"; then
-            ok "server on $name becomes SERVING (after $polls polls)"
-            return 0
-        fi
-        sleep 0.5
-    done
-    not_ok "server on $name becomes SERVING within 60 s" "last reply: $out; log: $(tail -n 5 "$log")"
+    # tail -f wakes on each line the server writes, and ends with the server or after 60 s.
+    while IFS= read -r line; do
+        [[ $line == *"models loaded; serving"* ]] && break
+    done < <(timeout 60 tail -n +1 -f --pid="$pid" "$log")
+    follower=$!
+    kill "$follower" 2>/dev/null || true
+    if ! kill -0 "$pid" 2>/dev/null; then
+        not_ok "server on $name becomes SERVING" "server exited; log: $(tail -n 5 "$log")"
+        return 1
+    fi
+    if out=$(gc -connect-timeout 2 -d '{"service": ""}' "$ADDR" grpc.health.v1.Health/Check) &&
+        grep -q '"SERVING"' <<<"$out"; then
+        ok "server on $name becomes SERVING"
+        return 0
+    fi
+    not_ok "server on $name becomes SERVING within 60 s" "health says: $out; log: $(tail -n 5 "$log")"
     return 1
 }
 
