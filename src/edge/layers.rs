@@ -29,7 +29,7 @@ use crate::edge::routes::{self, Group};
 use crate::edge::status::ApiError;
 use crate::error::ErrorKind;
 
-/// The deadlines of one request, put in its extensions by [`DeadlineLayer`].
+/// The deadlines of one request, put in its extensions by [`DeadlineService`].
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
     /// The client's deadline (`grpc-timeout`), if it sent one.
