@@ -8,7 +8,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::engine::open::OpenDefaults;
+use crate::engine::repository::valid_model_name;
 use crate::server::{Http2Config, ServeConfig};
+use crate::serving::lifecycle::{LifecycleConfig, ModelControl};
+use crate::serving::memory::Budget;
 use crate::serving::scheduler::SchedulerConfig;
 
 /// The defaults of `predictd serve`: the one place they are set. The flags show them in
@@ -42,6 +45,8 @@ pub mod defaults {
     pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 1024;
     /// Whether Nagle's algorithm is off.
     pub const TCP_NODELAY: bool = true;
+    /// How often poll mode looks at the repository.
+    pub const REPOSITORY_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
     /// Worker threads per model: one per core.
     pub fn workers() -> usize {
@@ -232,6 +237,55 @@ pub struct ServeArgs {
     /// Disable Nagle's algorithm so small replies leave at once.
     #[arg(long, default_value_t = defaults::TCP_NODELAY, action = clap::ArgAction::Set, env = "PREDICTD_TCP_NODELAY")]
     pub tcp_nodelay: bool,
+    /// How models change while serving: none (loaded at start-up; SIGHUP rescans), poll (the
+    /// repository is also polled, changes applied once stable), explicit (only --load-model
+    /// models at start-up; the repository API loads and unloads).
+    #[arg(long, default_value = "none", env = "PREDICTD_MODEL_CONTROL")]
+    pub model_control: ModelControl,
+    /// How often poll mode looks at the repository.
+    #[arg(long, default_value_t = defaults::REPOSITORY_POLL_INTERVAL.into(), env = "PREDICTD_REPOSITORY_POLL_INTERVAL")]
+    pub repository_poll_interval: humantime::Duration,
+    /// A model explicit mode loads at start-up; repeat it, or give '*' for all.
+    #[arg(
+        long = "load-model",
+        value_name = "NAME",
+        value_delimiter = ',',
+        env = "PREDICTD_LOAD_MODEL"
+    )]
+    pub load_models: Vec<String>,
+    /// The memory a load must stay under (e.g. 2GiB, 512MiB, or bytes); a load estimated to
+    /// cross it fails cleanly [default: the cgroup's limit, if any].
+    #[arg(long, value_parser = parse_bytes, env = "PREDICTD_MEMORY_LIMIT")]
+    pub memory_limit: Option<u64>,
+}
+
+/// A size in bytes: a number, optionally with KiB, MiB, GiB (or KB, MB, GB, powers of ten).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}': expected a size such as 2GiB or 536870912"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "'{text}': unknown unit '{other}'; use KiB, MiB or GiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("'{text}' is too large"))
 }
 
 /// A flag value that cannot work.
@@ -295,6 +349,58 @@ impl ServeArgs {
                 max_concurrent_streams: self.http2_max_concurrent_streams.max(1),
                 tcp_nodelay: self.tcp_nodelay,
             },
+            lifecycle: self.lifecycle()?,
         })
+    }
+
+    fn lifecycle(&self) -> Result<LifecycleConfig, ConfigError> {
+        if !self.load_models.is_empty() && self.model_control != ModelControl::Explicit {
+            return Err(ConfigError {
+                flag: "load-model",
+                reason:
+                    "applies only with --model-control explicit; the other modes load every model"
+                        .to_string(),
+            });
+        }
+        if let Some(bad) = self
+            .load_models
+            .iter()
+            .find(|m| *m != "*" && !valid_model_name(m))
+        {
+            return Err(ConfigError {
+                flag: "load-model",
+                reason: format!("'{bad}' is not a model name"),
+            });
+        }
+        let poll_interval: Duration = self.repository_poll_interval.into();
+        if poll_interval.is_zero() {
+            return Err(ConfigError {
+                flag: "repository-poll-interval",
+                reason: "must be longer than zero".to_string(),
+            });
+        }
+        Ok(LifecycleConfig {
+            control: self.model_control,
+            poll_interval,
+            startup_models: self.load_models.clone(),
+            budget: Budget {
+                configured: self.memory_limit,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("3MB"), Ok(3_000_000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("2TiB").is_err());
     }
 }

@@ -12,6 +12,9 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// The request's deadline passed before it could be answered.
     DeadlineExceeded,
+    /// The request is valid but the server is not in a state to carry it out (a repository
+    /// change while model control is not explicit).
+    FailedPrecondition,
     /// The model exists but cannot serve now (still loading, failed to load, shutting down).
     Unavailable,
     /// The client went away before the work ran.

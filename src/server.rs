@@ -16,13 +16,15 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::edge::layers::EdgeLayer;
-use crate::engine::open::{OpenDefaults, open_all};
-use crate::engine::repository::{self, Catalog, RepositoryError};
+use crate::engine::open::OpenDefaults;
+use crate::engine::repository::{self, RepositoryError};
 use crate::kserve::grpc::InferenceService;
 use crate::kserve::rest;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::predictd::v1::prediction_service_server::PredictionServiceServer;
-use crate::serving::registry::{Registry, start_schedulers};
+use crate::serving::lifecycle::{Lifecycle, LifecycleConfig, ModelControl, listen_for_hangups};
+use crate::serving::memory::Budget;
+use crate::serving::registry::Registry;
 use crate::serving::scheduler::SchedulerConfig;
 use crate::v1::service::PredictionService;
 
@@ -46,6 +48,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// HTTP/2 and TCP settings.
     pub http2: Http2Config,
+    /// How models change while serving.
+    pub lifecycle: LifecycleConfig,
 }
 
 /// Transport settings.
@@ -85,6 +89,12 @@ impl ServeConfig {
                 max_concurrent_streams: defaults::HTTP2_MAX_CONCURRENT_STREAMS,
                 tcp_nodelay: defaults::TCP_NODELAY,
             },
+            lifecycle: LifecycleConfig {
+                control: ModelControl::None,
+                poll_interval: defaults::REPOSITORY_POLL_INTERVAL,
+                startup_models: Vec::new(),
+                budget: Budget::default(),
+            },
         }
     }
 }
@@ -104,6 +114,9 @@ pub enum ServeError {
     /// The REST server failed.
     #[error("the REST server failed: {0}")]
     Http(std::io::Error),
+    /// The folder for uploaded models could not be made.
+    #[error("cannot make a folder for uploaded models: {0}")]
+    Uploads(std::io::Error),
 }
 
 /// The health service names of the inference services, as tonic routes them.
@@ -129,8 +142,8 @@ pub async fn serve(
 #[derive(Debug)]
 pub struct App {
     config: ServeConfig,
-    found: Catalog<PathBuf>,
     registry: Arc<Registry>,
+    lifecycle: Arc<Lifecycle>,
     /// Where the REST front end listens, if it is served.
     http: Option<TcpListener>,
 }
@@ -140,10 +153,18 @@ impl App {
     pub fn new(config: ServeConfig) -> Result<App, ServeError> {
         let found = repository::discover(&config.models)?;
         let registry = Arc::new(Registry::new(found.pending()));
+        let lifecycle = Lifecycle::new(
+            config.models.clone(),
+            Arc::clone(&registry),
+            config.scheduler,
+            config.open.clone(),
+            config.lifecycle.clone(),
+        )
+        .map_err(ServeError::Uploads)?;
         Ok(App {
             config,
-            found,
             registry,
+            lifecycle: Arc::new(lifecycle),
             http: None,
         })
     }
@@ -159,6 +180,11 @@ impl App {
         Arc::clone(&self.registry)
     }
 
+    /// What changes the models served.
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        Arc::clone(&self.lifecycle)
+    }
+
     /// Loads the models in the background and serves gRPC on `listener` (and REST, if asked)
     /// until `shutdown`, then drains.
     pub async fn serve(
@@ -168,18 +194,16 @@ impl App {
     ) -> Result<(), ServeError> {
         let App {
             config,
-            found,
             registry,
+            lifecycle,
             http,
         } = self;
 
         let (reporter, health) = tonic_health::server::health_reporter();
         set_health(&registry, &reporter, ServingStatus::NotServing).await;
-        tokio::spawn(load_models(
-            found,
+        let changes = tokio::spawn(run_lifecycle(
+            Arc::clone(&lifecycle),
             Arc::clone(&registry),
-            config.scheduler,
-            config.open.clone(),
             reporter.clone(),
         ));
 
@@ -198,6 +222,7 @@ impl App {
         .max_encoding_message_size(config.max_message_bytes);
         let inference = GrpcInferenceServiceServer::new(InferenceService::new(
             Arc::clone(&registry),
+            Arc::clone(&lifecycle),
             Arc::clone(&permits),
         ))
         .max_decoding_message_size(config.max_message_bytes)
@@ -225,7 +250,12 @@ impl App {
         let edge = EdgeLayer::new(config.request_timeout, Arc::clone(&permits));
         let rest = serve_rest(
             http,
-            rest::router(Arc::clone(&registry), config.max_message_bytes).layer(edge.clone()),
+            rest::router(
+                Arc::clone(&registry),
+                Arc::clone(&lifecycle),
+                config.max_message_bytes,
+            )
+            .layer(edge.clone()),
             config.http2.tcp_nodelay,
             draining_begins(),
         );
@@ -260,6 +290,8 @@ impl App {
                 tracing::warn!(?grace, "shutdown grace expired; calls still in flight are dropped");
             }
         }
+        // No model changes once draining is over: the catalog is closed next.
+        changes.abort();
         join_workers(&registry, grace).await;
         Ok(())
     }
@@ -306,29 +338,26 @@ async fn join_workers(registry: &Registry, grace: Duration) {
     }
 }
 
-/// Loads and starts every model off the reactor, publishes them, then reports SERVING.
-async fn load_models(
-    found: Catalog<PathBuf>,
+/// Loads the start-up models, then reports SERVING; from then on, applies repository changes
+/// as the model control mode says. Reloads never touch the server's health: it serves
+/// throughout.
+async fn run_lifecycle(
+    lifecycle: Arc<Lifecycle>,
     registry: Arc<Registry>,
-    defaults: SchedulerConfig,
-    open: OpenDefaults,
     reporter: HealthReporter,
 ) {
-    let loaded = tokio::task::spawn_blocking(move || {
-        let models = open_all(&found, &open);
-        start_schedulers(&models, defaults)
-    })
-    .await;
-    match loaded {
-        Ok(catalog) => {
-            registry.publish(catalog);
+    let hangups = listen_for_hangups();
+    match lifecycle.start().await {
+        Ok(()) => {
             set_health(&registry, &reporter, ServingStatus::Serving).await;
             tracing::info!("models loaded; serving");
         }
         Err(e) => {
-            tracing::error!(error = %e, "model loading stopped unexpectedly; staying NOT_SERVING")
+            tracing::error!(error = %e, "cannot read the model repository; staying NOT_SERVING");
+            return;
         }
     }
+    lifecycle.run(hangups).await;
 }
 
 /// Tells gRPC health and every protocol's readiness probe whether we take traffic.

@@ -191,7 +191,11 @@ async fn model_config_and_statistics_describe_what_ran() {
 }
 
 fn rest(server: &TestServer) -> axum::Router {
-    predictd::kserve::rest::router(Arc::clone(&server.registry), 1 << 20)
+    predictd::kserve::rest::router(
+        Arc::clone(&server.registry),
+        Arc::clone(&server.lifecycle),
+        1 << 20,
+    )
 }
 
 async fn call(router: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {

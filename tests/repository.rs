@@ -20,7 +20,8 @@ fn copy_model(from: &str, to: &Path) {
     .unwrap();
 }
 
-/// `linear` v1 and v2 (copies of diabetes_linear), `broken` (not ONNX), `typo` (a config key
+/// `linear` v1 and v2 (copies of diabetes_linear, both served by its version policy), `newest`
+/// (the same, under the default policy: the latest only), `broken` (not ONNX), `typo` (a config key
 /// that does not exist), `empty` (no version folder), `mislaid` (a version folder that is not a
 /// number beside a good one).
 fn repository() -> tempfile::TempDir {
@@ -28,6 +29,13 @@ fn repository() -> tempfile::TempDir {
     let root = dir.path();
     copy_model("diabetes_linear", &root.join("linear/1"));
     copy_model("diabetes_linear", &root.join("linear/2"));
+    fs::write(
+        root.join("linear/config.toml"),
+        "version_policy = \"all\"\n",
+    )
+    .unwrap();
+    copy_model("diabetes_linear", &root.join("newest/1"));
+    copy_model("diabetes_linear", &root.join("newest/2"));
     fs::create_dir_all(root.join("broken/1")).unwrap();
     fs::write(
         root.join("broken/1/model.onnx"),
@@ -90,6 +98,7 @@ async fn good_models_serve_and_bad_ones_say_why() {
                 vec![("2".to_string(), ready), ("1".to_string(), ready)]
             ),
             ("mislaid".to_string(), vec![("1".to_string(), ready)]),
+            ("newest".to_string(), vec![("2".to_string(), ready)]),
             ("typo".to_string(), vec![("1".to_string(), failed)]),
         ]
     );
@@ -123,6 +132,12 @@ async fn good_models_serve_and_bad_ones_say_why() {
         .unwrap()
         .into_inner();
     assert_eq!(reply.version, "1");
+    // The default version policy serves the latest only.
+    let status = client
+        .predict(linear_request("newest", "1"))
+        .await
+        .expect_err("version 1 is not served");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
     let status = client
         .predict(linear_request("broken", ""))

@@ -20,6 +20,7 @@ fn codes(kind: ErrorKind) -> (Code, StatusCode) {
         ErrorKind::NotFound => (Code::NotFound, StatusCode::NOT_FOUND),
         ErrorKind::ResourceExhausted => (Code::ResourceExhausted, StatusCode::TOO_MANY_REQUESTS),
         ErrorKind::DeadlineExceeded => (Code::DeadlineExceeded, StatusCode::GATEWAY_TIMEOUT),
+        ErrorKind::FailedPrecondition => (Code::FailedPrecondition, StatusCode::BAD_REQUEST),
         ErrorKind::Unavailable => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
         // The client went away; nobody reads this reply.
         ErrorKind::Cancelled => (Code::Cancelled, StatusCode::BAD_REQUEST),
@@ -122,6 +123,7 @@ mod tests {
             (ErrorKind::NotFound, Code::NotFound, 404),
             (ErrorKind::ResourceExhausted, Code::ResourceExhausted, 429),
             (ErrorKind::DeadlineExceeded, Code::DeadlineExceeded, 504),
+            (ErrorKind::FailedPrecondition, Code::FailedPrecondition, 400),
             (ErrorKind::Unavailable, Code::Unavailable, 503),
             (ErrorKind::Cancelled, Code::Cancelled, 400),
             (ErrorKind::Internal, Code::Internal, 500),

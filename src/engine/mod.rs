@@ -12,3 +12,4 @@ pub mod repository;
 mod rewrite;
 pub mod signature;
 pub mod tensor;
+pub mod warmup;

@@ -34,6 +34,113 @@ pub struct ModelConfig {
     /// The value that replaces nulls in floating-point inputs fed from table columns
     /// (`predictd batch`, the Python package); `nan` is allowed. Unset: a null is an error.
     pub fill_null: Option<f64>,
+    /// Which of the version folders are served. Unset: the highest one only.
+    pub version_policy: Option<VersionPolicy>,
+    /// Names for versions (`stable = 2`, `canary = 3`), usable wherever a request names a
+    /// version. Moving one reloads no model.
+    #[serde(default)]
+    pub labels: BTreeMap<String, u64>,
+    /// How a version is exercised before it takes traffic.
+    pub warmup: Option<Warmup>,
+    /// Whether a reload loads the new copy before the old one goes (the default) or frees the
+    /// old one first, for pods with no memory to hold both.
+    pub reload: Option<ReloadOrder>,
+}
+
+/// Which version folders of a model are served (Triton's version policy).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum VersionPolicy {
+    /// The highest `n` versions.
+    Latest(usize),
+    /// Every version.
+    All,
+    /// The versions listed.
+    Specific(Vec<u64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// Whether `version` is served, of the versions `all` (ascending) found on disk.
+    pub fn selects(&self, version: u64, all: &[u64]) -> bool {
+        match self {
+            VersionPolicy::All => true,
+            VersionPolicy::Specific(list) => list.contains(&version),
+            VersionPolicy::Latest(n) => all.iter().rev().take(*n).any(|&v| v == version),
+        }
+    }
+}
+
+/// The data a version is warmed with before it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WarmupData {
+    /// Zeros (empty strings).
+    #[default]
+    Zero,
+    /// Uniform values in [0, 1) for floating-point inputs, zeros for the rest.
+    Random,
+}
+
+/// `[warmup]`: runs made on a freshly loaded version before it is marked ready, so that its
+/// first real requests do not pay for first-run allocations.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    /// Rows per warm-up run, one run (or `count`) each. Unset: the model's fixed-plan batch
+    /// sizes, or 1.
+    pub batch_sizes: Option<Vec<usize>>,
+    /// Runs per batch size; 0 turns warm-up off.
+    #[serde(default = "one")]
+    pub count: usize,
+    /// What the runs are fed.
+    #[serde(default)]
+    pub data: WarmupData,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for Warmup {
+    fn default() -> Self {
+        Warmup {
+            batch_sizes: None,
+            count: 1,
+            data: WarmupData::Zero,
+        }
+    }
+}
+
+/// The order of a reload's two halves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReloadOrder {
+    /// The new copy loads and warms while the old one serves; then traffic moves. Needs memory
+    /// for both.
+    #[default]
+    LoadFirst,
+    /// The old copy stops (its requests finish) and is freed before the new one loads: the
+    /// model is unavailable meanwhile.
+    UnloadFirst,
+}
+
+impl ModelConfig {
+    /// Whether `self` and `other` differ only in their labels: moving a label needs no load.
+    pub fn same_but_labels(&self, other: &ModelConfig) -> bool {
+        ModelConfig {
+            labels: BTreeMap::new(),
+            ..self.clone()
+        } == ModelConfig {
+            labels: BTreeMap::new(),
+            ..other.clone()
+        }
+    }
 }
 
 /// Where one model version stands.
@@ -45,6 +152,8 @@ pub enum Slot<T> {
     Ready(T),
     /// Could not be loaded; the reason is for operators and clients alike.
     Failed(String),
+    /// Not loaded: unloaded, or not asked for in explicit model control.
+    Unloaded,
 }
 
 /// One model's versions and settings.
@@ -54,6 +163,49 @@ pub struct ModelEntry<T> {
     pub config: ModelConfig,
     /// Versions by number.
     pub versions: BTreeMap<u64, Slot<T>>,
+    /// Versions still serving what was loaded before, because loading their new file or
+    /// settings failed: why.
+    pub failed_reloads: BTreeMap<u64, String>,
+}
+
+/// A version's state as every protocol reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Being loaded.
+    Loading,
+    /// Serving.
+    Ready,
+    /// Could not be loaded.
+    Failed,
+    /// Not loaded.
+    Unloaded,
+}
+
+impl<T> ModelEntry<T> {
+    /// An entry with these versions and no failed reloads.
+    pub fn new(config: ModelConfig, versions: BTreeMap<u64, Slot<T>>) -> ModelEntry<T> {
+        ModelEntry {
+            config,
+            versions,
+            failed_reloads: BTreeMap::new(),
+        }
+    }
+
+    /// The state of `version` and why (empty when there is nothing to say).
+    pub fn status(&self, version: u64) -> (State, String) {
+        match self.versions.get(&version) {
+            Some(Slot::Ready(_)) => match self.failed_reloads.get(&version) {
+                Some(reason) => (
+                    State::Ready,
+                    format!("serving the copy loaded before; the new one failed: {reason}"),
+                ),
+                None => (State::Ready, String::new()),
+            },
+            Some(Slot::Loading) => (State::Loading, String::new()),
+            Some(Slot::Failed(reason)) => (State::Failed, reason.clone()),
+            Some(Slot::Unloaded) | None => (State::Unloaded, "unloaded".to_string()),
+        }
+    }
 }
 
 /// Every model of a repository, by name. `T` is what a ready version holds: a path before
@@ -116,6 +268,16 @@ impl Classify for LookupError {
     }
 }
 
+/// The versions there are, and the labels that name them.
+fn known_versions<T>(entry: &ModelEntry<T>) -> String {
+    let labels = entry
+        .config
+        .labels
+        .iter()
+        .map(|(label, v)| format!("{label} (= {v})"));
+    list(entry.versions.keys().map(u64::to_string).chain(labels))
+}
+
 fn list<I: IntoIterator<Item = D>, D: fmt::Display>(items: I) -> String {
     let all: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
     if all.is_empty() {
@@ -156,11 +318,12 @@ impl<T> Catalog<T> {
             version
                 .parse::<u64>()
                 .ok()
+                .or_else(|| entry.config.labels.get(version).copied())
                 .filter(|v| entry.versions.contains_key(v))
                 .ok_or_else(|| LookupError::UnknownVersion {
                     model: model.to_string(),
                     version: version.to_string(),
-                    known: list(entry.versions.keys()),
+                    known: known_versions(entry),
                 })?
         };
         match entry.versions.get(&number) {
@@ -174,6 +337,11 @@ impl<T> Catalog<T> {
                 model: model.to_string(),
                 version: number,
                 reason: format!("failed to load: {reason}"),
+            }),
+            Some(Slot::Unloaded) => Err(LookupError::NotReady {
+                model: model.to_string(),
+                version: number,
+                reason: "unloaded; load it to serve it".to_string(),
             }),
             None => Err(LookupError::UnknownVersion {
                 model: model.to_string(),
@@ -198,6 +366,7 @@ impl<T> Catalog<T> {
     pub fn pending<U>(&self) -> Catalog<U> {
         self.map_slots(|_, _, _, slot| match slot {
             Slot::Failed(reason) => Slot::Failed(reason.clone()),
+            Slot::Unloaded => Slot::Unloaded,
             Slot::Loading | Slot::Ready(_) => Slot::Loading,
         })
     }
@@ -210,6 +379,7 @@ impl<T> Catalog<T> {
     ) -> Catalog<U> {
         self.map_slots(|name, version, config, slot| match slot {
             Slot::Loading => Slot::Loading,
+            Slot::Unloaded => Slot::Unloaded,
             Slot::Failed(reason) => Slot::Failed(reason.clone()),
             Slot::Ready(t) => match f(name, version, config, t) {
                 Ok(u) => Slot::Ready(u),
@@ -234,6 +404,7 @@ impl<T> Catalog<T> {
                 let entry = ModelEntry {
                     config: entry.config.clone(),
                     versions,
+                    failed_reloads: entry.failed_reloads.clone(),
                 };
                 (name.clone(), entry)
             })
@@ -255,12 +426,11 @@ pub struct RepositoryError {
 /// Finds every model and version under `dir`; nothing is loaded yet. Folders that are not
 /// models are skipped with a warning, never silently.
 pub fn discover(dir: &Path) -> Result<Catalog<PathBuf>, RepositoryError> {
-    let io = |error| RepositoryError {
+    let mut catalog = Catalog::default();
+    for model_dir in sorted_dirs(dir).map_err(|error| RepositoryError {
         path: dir.to_path_buf(),
         error,
-    };
-    let mut catalog = Catalog::default();
-    for model_dir in sorted_dirs(dir).map_err(io)? {
+    })? {
         let Some(name) = model_dir
             .file_name()
             .and_then(|n| n.to_str())
@@ -271,36 +441,67 @@ pub fn discover(dir: &Path) -> Result<Catalog<PathBuf>, RepositoryError> {
         if name.starts_with('.') {
             continue;
         }
-        let config = read_config(&model_dir);
-        let mut versions = BTreeMap::new();
-        for version_dir in sorted_dirs(&model_dir).map_err(io)? {
-            let label = version_dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("");
-            let Some(version) = label.parse::<u64>().ok().filter(|v| *v > 0) else {
-                tracing::warn!(path = %version_dir.display(), "skipping folder: version folders are positive integers");
-                continue;
-            };
-            let file = version_dir.join(MODEL_FILE);
-            let slot = match &config {
-                Err(reason) => Slot::Failed(reason.clone()),
-                Ok(_) if !file.is_file() => Slot::Failed(format!("{} is missing", file.display())),
-                Ok(_) => Slot::Ready(file),
-            };
-            versions.insert(version, slot);
-        }
-        if versions.is_empty() {
-            tracing::warn!(
-                path = %model_dir.display(),
-                "model has no version folders; put its file in {}/1/{MODEL_FILE}",
-                model_dir.display()
-            );
-        }
-        let config = config.unwrap_or_default();
-        catalog.models.insert(name, ModelEntry { config, versions });
+        catalog.models.insert(name, discover_model(&model_dir)?);
     }
     Ok(catalog)
+}
+
+/// Whether `name` can name a model folder of a repository: one plain path component, so that
+/// no request reaches outside the repository.
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && Path::new(name).components().count() == 1
+}
+
+/// Finds the versions of the model in `model_dir` that its version policy serves.
+pub fn discover_model(model_dir: &Path) -> Result<ModelEntry<PathBuf>, RepositoryError> {
+    let config = read_config(model_dir);
+    let mut found = Vec::new();
+    for version_dir in sorted_dirs(model_dir).map_err(|error| RepositoryError {
+        path: model_dir.to_path_buf(),
+        error,
+    })? {
+        let label = version_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
+        match label.parse::<u64>().ok().filter(|v| *v > 0) {
+            Some(version) => found.push((version, version_dir)),
+            None => {
+                tracing::warn!(path = %version_dir.display(), "skipping folder: version folders are positive integers")
+            }
+        }
+    }
+    found.sort();
+    let numbers: Vec<u64> = found.iter().map(|(v, _)| *v).collect();
+    let policy = config
+        .as_ref()
+        .ok()
+        .and_then(|c| c.version_policy.clone())
+        .unwrap_or_default();
+    let mut versions = BTreeMap::new();
+    for (version, version_dir) in found {
+        if !policy.selects(version, &numbers) {
+            continue;
+        }
+        let file = version_dir.join(MODEL_FILE);
+        let slot = match &config {
+            Err(reason) => Slot::Failed(reason.clone()),
+            Ok(_) if !file.is_file() => Slot::Failed(format!("{} is missing", file.display())),
+            Ok(_) => Slot::Ready(file),
+        };
+        versions.insert(version, slot);
+    }
+    if numbers.is_empty() {
+        tracing::warn!(
+            path = %model_dir.display(),
+            "model has no version folders; put its file in {}/1/{MODEL_FILE}",
+            model_dir.display()
+        );
+    }
+    Ok(ModelEntry::new(config.unwrap_or_default(), versions))
 }
 
 /// The settings in `model_dir/config.toml`; defaults when there is none.
@@ -333,14 +534,17 @@ mod tests {
         let mut c = Catalog::default();
         c.models.insert(
             "m".to_string(),
-            ModelEntry {
-                config: ModelConfig::default(),
-                versions: BTreeMap::from([
+            ModelEntry::new(
+                ModelConfig {
+                    labels: BTreeMap::from([("stable".to_string(), 1)]),
+                    ..ModelConfig::default()
+                },
+                BTreeMap::from([
                     (1, Slot::Ready("one")),
                     (2, Slot::Ready("two")),
                     (3, Slot::Failed("bad file".to_string())),
                 ]),
-            },
+            ),
         );
         c
     }
@@ -363,12 +567,67 @@ mod tests {
         let err = c.resolve("m", "7").expect_err("unknown version");
         assert_eq!(
             err.to_string(),
-            "model 'm' has no version '7'; its versions are: 1, 2, 3"
+            "model 'm' has no version '7'; its versions are: 1, 2, 3, stable (= 1)"
         );
         let err = c.resolve("m", "abc").expect_err("not a number");
         assert_eq!(err.kind(), ErrorKind::NotFound);
         let err = c.resolve("m", "3").expect_err("failed");
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         assert!(err.to_string().contains("bad file"), "{err}");
+    }
+
+    #[test]
+    fn a_label_names_a_version() {
+        assert_eq!(catalog().resolve("m", "stable"), Ok((1, &"one")));
+        let err = catalog().resolve("m", "canary").expect_err("no such label");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn version_policies_pick_versions() {
+        let all = [1, 2, 5];
+        let picked = |p: VersionPolicy| -> Vec<u64> {
+            all.iter()
+                .copied()
+                .filter(|&v| p.selects(v, &all))
+                .collect()
+        };
+        assert_eq!(picked(VersionPolicy::default()), vec![5]);
+        assert_eq!(picked(VersionPolicy::Latest(2)), vec![2, 5]);
+        assert_eq!(picked(VersionPolicy::All), vec![1, 2, 5]);
+        assert_eq!(picked(VersionPolicy::Specific(vec![1, 7])), vec![1]);
+    }
+
+    #[test]
+    fn config_toml_spells_policies_labels_warmup_and_reload() {
+        let config: ModelConfig = toml::from_str(
+            "version_policy = { latest = 2 }\nreload = \"unload-first\"\n\
+             [labels]\nstable = 2\ncanary = 3\n[warmup]\nbatch_sizes = [1, 8]\ndata = \"random\"\n",
+        )
+        .expect("parses");
+        assert_eq!(config.version_policy, Some(VersionPolicy::Latest(2)));
+        assert_eq!(config.reload, Some(ReloadOrder::UnloadFirst));
+        assert_eq!(config.labels.get("canary"), Some(&3));
+        let warmup = config.warmup.clone().expect("warmup");
+        assert_eq!(
+            (warmup.batch_sizes, warmup.count, warmup.data),
+            (Some(vec![1, 8]), 1, WarmupData::Random)
+        );
+        let all: ModelConfig = toml::from_str("version_policy = \"all\"").expect("parses");
+        assert_eq!(all.version_policy, Some(VersionPolicy::All));
+        let moved = ModelConfig {
+            labels: BTreeMap::from([("stable".to_string(), 3)]),
+            ..config.clone()
+        };
+        assert!(moved.same_but_labels(&config));
+        assert!(!ModelConfig::default().same_but_labels(&config));
+    }
+
+    #[test]
+    fn model_names_stay_inside_the_repository() {
+        assert!(valid_model_name("iris"));
+        for bad in ["", "..", "../x", "a/b", ".hidden", "/abs"] {
+            assert!(!valid_model_name(bad), "{bad:?}");
+        }
     }
 }

@@ -18,24 +18,36 @@ use crate::engine::tensor::Tensor;
 use crate::kserve::convert::{
     datatype_name, dtype_from_name, tensor_from_contents, tensor_from_raw, tensor_to_raw,
 };
-use crate::kserve::model_info;
+use crate::kserve::{model_info, repository};
 use crate::proto::inference as pb;
 use crate::serving::infer::{InferError, infer, inference_span};
+use crate::serving::lifecycle::Lifecycle;
 use crate::serving::registry::Registry;
 
 /// The GRPCInferenceService implementation.
 #[derive(Debug, Clone)]
 pub struct InferenceService {
     registry: Arc<Registry>,
+    /// What loads and unloads models.
+    lifecycle: Arc<Lifecycle>,
     /// The server's concurrency permits, shared with every inference service; each stream
     /// message takes one.
     permits: Arc<Semaphore>,
 }
 
 impl InferenceService {
-    /// A service answering from `registry`, sharing the server's concurrency `permits`.
-    pub fn new(registry: Arc<Registry>, permits: Arc<Semaphore>) -> Self {
-        InferenceService { registry, permits }
+    /// A service answering from `registry`, changing it through `lifecycle`, and sharing the
+    /// server's concurrency `permits`.
+    pub fn new(
+        registry: Arc<Registry>,
+        lifecycle: Arc<Lifecycle>,
+        permits: Arc<Semaphore>,
+    ) -> Self {
+        InferenceService {
+            registry,
+            lifecycle,
+            permits,
+        }
     }
 }
 
@@ -142,7 +154,7 @@ fn stream_error(request: pb::ModelInferRequest, status: Status) -> pb::ModelStre
 
 fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!(
-        "predictd does not implement {what}; it serves inference, metadata, configuration, statistics and the repository index"
+        "predictd does not implement {what}; it serves inference, metadata, configuration, statistics and the model repository"
     ))
 }
 
@@ -278,18 +290,28 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
 
     async fn repository_model_load(
         &self,
-        _request: Request<pb::RepositoryModelLoadRequest>,
+        request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
-        Err(unimplemented(
-            "RepositoryModelLoad (models are loaded from --models at start-up)",
-        ))
+        let request = request.into_inner();
+        let load = repository::from_grpc(&request.model_name, request.parameters)
+            .map_err(|e| status(&e))?;
+        self.lifecycle
+            .load(&request.model_name, load)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
-        _request: Request<pb::RepositoryModelUnloadRequest>,
+        request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
-        Err(unimplemented("RepositoryModelUnload"))
+        let request = request.into_inner();
+        self.lifecycle
+            .unload(&request.model_name)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
     async fn system_shared_memory_status(

@@ -5,4 +5,5 @@ pub mod convert;
 pub mod grpc;
 pub mod json;
 pub mod model_info;
+pub mod repository;
 pub mod rest;

@@ -2,7 +2,7 @@
 //! model configuration, statistics, the repository index — built once from the catalog as
 //! protocol messages. The gRPC service returns them as they are; REST renders them as JSON.
 
-use crate::engine::repository::{Catalog, LookupError, MODEL_FILE, Slot};
+use crate::engine::repository::{Catalog, LookupError, MODEL_FILE, Slot, State};
 use crate::engine::signature::TensorSpec;
 use crate::engine::tensor::DType;
 use crate::proto::inference as pb;
@@ -14,8 +14,13 @@ use super::convert::datatype_name;
 /// it; `backend` says which engine really runs it.
 pub const PLATFORM: &str = "onnxruntime_onnx";
 /// The protocol extensions served: perf_analyzer reads statistics only when it is listed.
-/// Not "model_repository": the index is served, loading and unloading are not.
-pub const EXTENSIONS: &[&str] = &["model_configuration", "statistics", "binary_tensor_data"];
+/// Loading and unloading answer only in explicit model control, as Triton's do.
+pub const EXTENSIONS: &[&str] = &[
+    "model_configuration",
+    "statistics",
+    "binary_tensor_data",
+    "model_repository",
+];
 
 /// The server's identity and extensions.
 pub fn server_metadata() -> pb::ServerMetadataResponse {
@@ -229,11 +234,13 @@ pub fn index(
         .models
         .iter()
         .flat_map(|(name, entry)| {
-            entry.versions.iter().map(move |(v, slot)| {
-                let (state, reason) = match slot {
-                    Slot::Ready(_) => ("READY", String::new()),
-                    Slot::Loading => ("LOADING", String::new()),
-                    Slot::Failed(reason) => ("UNAVAILABLE", reason.clone()),
+            entry.versions.keys().map(move |v| {
+                // Triton's words: clients compare them.
+                let (state, reason) = entry.status(*v);
+                let state = match state {
+                    State::Ready => "READY",
+                    State::Loading => "LOADING",
+                    State::Failed | State::Unloaded => "UNAVAILABLE",
                 };
                 pb::repository_index_response::ModelIndex {
                     name: name.clone(),

@@ -22,9 +22,10 @@ use crate::edge::status::ApiError;
 use crate::engine::repository::LookupError;
 use crate::error::{Classify, ErrorKind};
 use crate::kserve::json::{decode_request, encode_response};
-use crate::kserve::model_info;
+use crate::kserve::{model_info, repository};
 use crate::proto::inference as pb;
 use crate::serving::infer::{InferError, infer, inference_span};
+use crate::serving::lifecycle::Lifecycle;
 use crate::serving::registry::Registry;
 use tracing::Instrument;
 
@@ -35,18 +36,25 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 #[derive(Debug, Clone)]
 struct Rest {
     registry: Arc<Registry>,
+    lifecycle: Arc<Lifecycle>,
 }
 
-/// The REST routes, answering from `registry`. Bodies larger than `max_body_bytes` are refused
-/// with 413. The server puts the edge stack in front of them.
-pub fn router(registry: Arc<Registry>, max_body_bytes: usize) -> Router {
-    let state = Rest { registry };
+/// The REST routes, answering from `registry` and changing it through `lifecycle`. Bodies
+/// larger than `max_body_bytes` are refused with 413. The server puts the edge stack in front
+/// of them.
+pub fn router(registry: Arc<Registry>, lifecycle: Arc<Lifecycle>, max_body_bytes: usize) -> Router {
+    let state = Rest {
+        registry,
+        lifecycle,
+    };
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/stats", get(all_statistics))
         .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(load))
+        .route("/v2/repository/models/{model}/unload", post(unload))
         .route("/v2/models/{model}", get(metadata))
         .route("/v2/models/{model}/versions/{version}", get(metadata_of))
         .route("/v2/models/{model}/ready", get(model_ready))
@@ -306,6 +314,24 @@ async fn repository_index(State(rest): State<Rest>, body: Bytes) -> Response {
         })
         .collect();
     json_reply(Value::Array(models))
+}
+
+async fn load(State(rest): State<Rest>, Path(model): Path<String>, body: Bytes) -> Response {
+    let outcome = match repository::from_json(&model, &body) {
+        Ok(request) => rest.lifecycle.load(&model, request).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => ApiError::from_error(&e).into_response(),
+    }
+}
+
+async fn unload(State(rest): State<Rest>, Path(model): Path<String>) -> Response {
+    match rest.lifecycle.unload(&model).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => ApiError::from_error(&e).into_response(),
+    }
 }
 
 async fn infer_latest(

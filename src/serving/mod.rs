@@ -4,6 +4,9 @@
 
 mod batching;
 pub mod infer;
+pub mod lifecycle;
+pub mod memory;
 pub mod registry;
 pub mod scheduler;
 pub mod stats;
+pub mod watch;

@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 
-use crate::engine::model::Model;
-use crate::engine::repository::{Catalog, Slot};
-use crate::serving::scheduler::{Scheduler, SchedulerConfig};
+use crate::engine::repository::{Catalog, ModelEntry, Slot};
+use crate::serving::scheduler::Scheduler;
 
 /// The current catalog.
 #[derive(Debug)]
@@ -62,17 +61,17 @@ impl Registry {
     pub fn publish(&self, catalog: Catalog<Scheduler>) {
         self.current.store(Arc::new(catalog));
     }
-}
 
-/// Starts a scheduler for every loaded model, with its config's settings over `defaults`.
-pub fn start_schedulers(
-    models: &Catalog<Arc<Model>>,
-    defaults: SchedulerConfig,
-) -> Catalog<Scheduler> {
-    models.try_map(|name, version, config, model| {
-        Scheduler::start(Arc::clone(model), defaults.overridden_by(config)).map_err(|e| {
-            tracing::error!(model = name, version, error = %e, "cannot start worker threads");
-            format!("cannot start worker threads: {e}")
-        })
-    })
+    /// Replaces one model's entry (`None` removes it), leaving the others as they are.
+    /// Requests already holding the old catalog finish with it.
+    pub fn replace(&self, name: &str, entry: Option<ModelEntry<Scheduler>>) {
+        self.current.rcu(|catalog| {
+            let mut next = Catalog::clone(catalog);
+            match entry.clone() {
+                Some(entry) => next.models.insert(name.to_string(), entry),
+                None => next.models.remove(name),
+            };
+            next
+        });
+    }
 }

@@ -225,7 +225,10 @@ impl Scheduler {
             queued: Instant::now(),
         };
         match self.queue.try_send(job) {
-            Ok(()) => Ok(receiver),
+            Ok(()) => {
+                self.stats.received();
+                Ok(receiver)
+            }
             Err(TrySendError::Full(_)) => {
                 self.stats.rejected();
                 Err(ScheduleError::QueueFull {

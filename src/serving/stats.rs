@@ -11,6 +11,7 @@ pub struct ModelStats {
     /// Woken when runs begin, for whoever waits on the counters (tests, a drain) rather than
     /// polling them.
     progress: tokio::sync::Notify,
+    received: AtomicU64,
     started: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
@@ -30,6 +31,8 @@ pub struct ModelStats {
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatsSnapshot {
+    /// Requests taken into the queue.
+    pub received: u64,
     /// Requests whose run has begun.
     pub started: u64,
     /// Requests that ran and were answered.
@@ -65,13 +68,20 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl ModelStats {
+    /// A request was taken into the queue.
+    pub fn received(&self) {
+        self.received.fetch_add(1, Relaxed);
+        self.progress.notify_waiters();
+    }
+
     /// A run of `requests` requests begins.
     pub fn starting(&self, requests: usize) {
         self.started.fetch_add(requests as u64, Relaxed);
         self.progress.notify_waiters();
     }
 
-    /// Completes once `condition` holds of the counters, re-read each time a run begins.
+    /// Completes once `condition` holds of the counters, re-read each time a request is queued
+    /// or a run begins.
     pub async fn wait_for(&self, condition: impl Fn(&StatsSnapshot) -> bool) {
         loop {
             let next = self.progress.notified();
@@ -130,6 +140,7 @@ impl ModelStats {
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
+            received: self.received.load(Relaxed),
             started: self.started.load(Relaxed),
             succeeded: self.succeeded.load(Relaxed),
             failed: self.failed.load(Relaxed),

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::edge::status::{status, to_rpc};
 use crate::edge::stream::{ReplyStream, answer_in_order, deadlines};
 use crate::edge::trace::traced;
-use crate::engine::repository::Slot;
+use crate::engine::repository::State;
 use crate::proto::predictd::v1 as pb;
 use crate::serving::infer::{InferError, infer, inference_span};
 use crate::serving::registry::Registry;
@@ -140,11 +140,13 @@ impl pb::prediction_service_server::PredictionService for PredictionService {
                     .versions
                     .iter()
                     .rev()
-                    .map(|(version, slot)| {
-                        let (state, reason) = match slot {
-                            Slot::Loading => (pb::ModelState::Loading, String::new()),
-                            Slot::Ready(_) => (pb::ModelState::Ready, String::new()),
-                            Slot::Failed(reason) => (pb::ModelState::Failed, reason.clone()),
+                    .map(|(version, _)| {
+                        let (state, reason) = entry.status(*version);
+                        let state = match state {
+                            State::Loading => pb::ModelState::Loading,
+                            State::Ready => pb::ModelState::Ready,
+                            State::Failed => pb::ModelState::Failed,
+                            State::Unloaded => pb::ModelState::Unloaded,
                         };
                         pb::ModelVersionStatus {
                             version: version.to_string(),

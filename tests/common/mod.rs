@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use predictd::proto::predictd::v1 as pb;
 use predictd::server::{App, ServeConfig};
+use predictd::serving::lifecycle::Lifecycle;
 use predictd::serving::registry::Registry;
 use predictd::serving::stats::StatsSnapshot;
 use serde::Deserialize;
@@ -36,6 +37,7 @@ pub struct TestServer {
     /// Where the REST front end listens.
     pub http_addr: std::net::SocketAddr,
     pub registry: Arc<Registry>,
+    pub lifecycle: Arc<Lifecycle>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -59,6 +61,7 @@ impl TestServer {
             .expect("repository readable")
             .with_http(http);
         let registry = app.registry();
+        let lifecycle = app.lifecycle();
         let task = tokio::spawn(async move {
             app.serve(listener, async {
                 let _ = stopped.await;
@@ -77,6 +80,7 @@ impl TestServer {
             addr,
             http_addr,
             registry,
+            lifecycle,
             stop: Some(stop),
             task: Some(task),
         }
@@ -522,4 +526,96 @@ pub async fn raw_unary(
         .unwrap()
         .expect("gRPC replies end with trailers");
     status(&trailers).expect("trailers carry grpc-status")
+}
+
+/// The bytes of a tiny model that scales its input: `Y = X * k`, `X` and `Y` FP32 [N, 4]. Its
+/// answers show which copy served a request.
+pub fn scale_model(k: f32) -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb;
+    let dim = |value| pb::tensor_shape_proto::Dimension {
+        value: Some(value),
+        ..Default::default()
+    };
+    let io = |name: &str| pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: vec![
+                        dim(pb::tensor_shape_proto::dimension::Value::DimParam(
+                            "N".into(),
+                        )),
+                        dim(pb::tensor_shape_proto::dimension::Value::DimValue(4)),
+                    ],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let factor = pb::TensorProto {
+        name: "k".into(),
+        dims: vec![],
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        float_data: vec![k],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "scale".into(),
+            node: vec![pb::NodeProto {
+                input: vec!["X".into(), "k".into()],
+                output: vec!["Y".into()],
+                name: "mul".into(),
+                op_type: "Mul".into(),
+                ..Default::default()
+            }],
+            initializer: vec![factor],
+            input: vec![io("X")],
+            output: vec![io("Y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
+/// Puts `bytes` at `<root>/<name>/<version>/model.onnx` the safe way: written beside it under
+/// another name, then renamed in, so a poll never sees it half-written.
+pub fn publish_model_file(root: &Path, name: &str, version: u64, bytes: &[u8]) {
+    let dir = root.join(name).join(version.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let staged = root.join(format!(".{name}-{version}.onnx.partial"));
+    std::fs::write(&staged, bytes).unwrap();
+    std::fs::rename(&staged, dir.join("model.onnx")).unwrap();
+}
+
+/// A request for the scale model (`version` "" for the latest): one row of ones.
+pub fn scale_request(name: &str, version: &str) -> pb::PredictRequest {
+    pb::PredictRequest {
+        model: name.into(),
+        version: version.into(),
+        inputs: [(
+            "X".to_string(),
+            pb::Tensor {
+                shape: vec![1, 4],
+                float_values: vec![1.0; 4],
+                ..Default::default()
+            },
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// The factor a scale model's answer shows.
+pub fn scale_of(reply: &pb::PredictResponse) -> f64 {
+    values(reply.outputs.get("Y").expect("output Y"))[0]
 }

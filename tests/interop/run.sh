@@ -102,7 +102,7 @@ gc() { # [FLAGS] ADDR [list|describe] [SYMBOL]: grpcurl in plaintext, time-bound
     grpcurl -plaintext -max-time 30 "$@" 2>&1
 }
 
-serve() { # MODELS LOG NAME: starts predictd on free ports in the background, sets ADDR (gRPC) and
+serve() { # MODELS LOG NAME [FLAGS...]: starts predictd on free ports in the background, sets ADDR (gRPC) and
     # HTTP (REST), waits (at most 60 s) for the log line that says its models are loaded, then
     # checks that Health/Check says "" is SERVING; returns 1 (after a not ok) if it does not
     local models=$1 log=$2 name=$3 ports pid line follower out=""
@@ -112,7 +112,7 @@ serve() { # MODELS LOG NAME: starts predictd on free ports in the background, se
     fi
     ADDR=127.0.0.1:${ports% *}
     HTTP=127.0.0.1:${ports#* }
-    "$BIN" serve --models "$models" --grpc-addr "$ADDR" --http-addr "$HTTP" >"$log" 2>&1 &
+    "$BIN" serve --models "$models" --grpc-addr "$ADDR" --http-addr "$HTTP" "${@:4}" >"$log" 2>&1 &
     pid=$!
     SERVER_PIDS+=("$pid")
     # tail -f wakes on each line the server writes, and ends with the server or after 60 s.
@@ -358,8 +358,29 @@ unseen() {
         -m pair_dot -u "$HTTP2" -i http -b 4 --concurrency-range 1
 }
 
+# ---------------------------------------------------------------- the model repository API
+
+repository_api() {
+    local repo protocol
+    for protocol in grpc http; do
+        repo=$TMP/repository-api-$protocol
+        mkdir -p "$repo/linear/1" "$repo/wine/1"
+        cp models/diabetes_linear/1/model.onnx "$repo/linear/1/"
+        cp models/diabetes_linear/reference.json "$repo/linear/"
+        cp models/wine_forest/1/model.onnx "$repo/wine/1/"
+        cp models/wine_forest/reference.json "$repo/wine/"
+        serve "$repo" "$TMP/server-repository-$protocol.log" "explicit model control ($protocol)" \
+            --model-control explicit --load-model linear || continue
+        local url=$ADDR
+        [ "$protocol" = http ] && url=$HTTP
+        tally "tritonclient $protocol: load, unload, index, config and file: uploads" \
+            "$PY" tests/interop/repository_check.py "$protocol" "$url" "$repo"
+    done
+}
+
 bundled
 unseen
+repository_api
 
 if [ "$FAILED" -ne 0 ]; then
     for f in "$TMP"/server-*.log; do

@@ -1,0 +1,132 @@
+//! What a model load may cost in memory, and whether the process can afford it: a load that
+//! would cross the memory limit fails cleanly instead of getting the pod OOM-killed.
+
+use std::path::Path;
+
+/// Resident memory per byte of model file, once opened, optimised, planned and warmed, for each
+/// plan the model holds (the plan for any batch size, plus one per fixed batch size): measured
+/// on the bundled models and the 256×256 MatMul chains of the tests (see
+/// docs/PERFORMANCE.md, "Memory during a reload"), rounded up.
+pub const BYTES_PER_FILE_BYTE_PER_PLAN: u64 = 4;
+/// What any load costs beyond its weights: threads, plans' scratch, tract's tables.
+pub const BASE_BYTES: u64 = 8 << 20;
+
+/// The memory a model opened from `file_bytes` with `plans` plans is expected to take.
+pub fn estimate(file_bytes: u64, plans: usize) -> u64 {
+    BASE_BYTES + file_bytes.saturating_mul(BYTES_PER_FILE_BYTE_PER_PLAN * plans.max(1) as u64)
+}
+
+/// The process's resident memory now, if the platform says (Linux: `/proc/self/status`).
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    kilobytes(&status, "VmRSS:")
+}
+
+fn kilobytes(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The memory limit of this process's cgroup (v2's `memory.max`, else v1's
+/// `memory.limit_in_bytes`), if one is set.
+pub fn cgroup_limit() -> Option<u64> {
+    let v2 = read_limit(Path::new("/sys/fs/cgroup/memory.max"));
+    v2.or_else(|| read_limit(Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes")))
+}
+
+fn read_limit(path: &Path) -> Option<u64> {
+    parse_limit(&std::fs::read_to_string(path).ok()?)
+}
+
+/// A cgroup limit file's value: "max", or v1's page-rounded `i64::MAX`, mean no limit.
+fn parse_limit(text: &str) -> Option<u64> {
+    let value: u64 = text.trim().parse().ok()?;
+    (value < 1 << 62).then_some(value)
+}
+
+/// Why a load was not attempted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "loading it needs about {} MiB and the process holds {} MiB of its {} MiB limit{}; \
+     free memory (unload a model), raise the limit, or set reload = \"unload-first\" in its config.toml",
+    .needed >> 20, .resident >> 20, .limit >> 20,
+    if *.from_cgroup { " (from the cgroup)" } else { "" }
+)]
+pub struct OverBudget {
+    /// The estimate for the load.
+    pub needed: u64,
+    /// Resident memory before it.
+    pub resident: u64,
+    /// The limit.
+    pub limit: u64,
+    /// Whether the limit is the cgroup's rather than `--memory-limit`.
+    pub from_cgroup: bool,
+}
+
+/// The memory limit loads are checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Budget {
+    /// `--memory-limit`, which wins over the cgroup's.
+    pub configured: Option<u64>,
+}
+
+impl Budget {
+    /// Checks that `needed` more bytes fit under the limit, if one is known.
+    pub fn check(&self, needed: u64) -> Result<(), OverBudget> {
+        let (limit, from_cgroup) = match self.configured {
+            Some(limit) => (limit, false),
+            None => match cgroup_limit() {
+                Some(limit) => (limit, true),
+                None => return Ok(()),
+            },
+        };
+        let resident = resident_bytes().unwrap_or(0);
+        if resident.saturating_add(needed) > limit {
+            return Err(OverBudget {
+                needed,
+                resident,
+                limit,
+                from_cgroup,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_files_without_a_limit_mean_none() {
+        assert_eq!(parse_limit("max\n"), None);
+        assert_eq!(parse_limit("9223372036854771712\n"), None);
+        assert_eq!(parse_limit("536870912\n"), Some(512 << 20));
+    }
+
+    #[test]
+    fn resident_memory_is_read_from_proc() {
+        let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        assert_eq!(kilobytes(status, "VmRSS:"), Some(1 << 20));
+        assert_eq!(kilobytes(status, "VmHWM:"), Some(2 << 20));
+    }
+
+    #[test]
+    fn a_load_past_the_configured_limit_is_refused() {
+        let tight = Budget {
+            configured: Some(1),
+        };
+        let err = tight.check(10 << 20).expect_err("over the limit");
+        assert!(err.to_string().contains("unload-first"), "{err}");
+        let roomy = Budget {
+            configured: Some(u64::MAX),
+        };
+        assert_eq!(roomy.check(10 << 20), Ok(()));
+    }
+}
