@@ -585,3 +585,21 @@ async fn labels_name_versions_and_moving_one_reloads_nothing() {
         "moving a label reloaded the model"
     );
 }
+
+#[tokio::test]
+async fn a_load_past_the_memory_limit_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    publish_model_file(dir.path(), "scale", 1, &scale_model(1.0));
+    let mut config = explicit_config(dir.path(), &["*"]);
+    config.lifecycle.budget.configured = Some(1 << 20);
+    let server = TestServer::start_with(config).await;
+    let listed = versions(&server, "scale").await;
+    assert_eq!(listed[0].state, pb::ModelState::Failed as i32, "{listed:?}");
+    assert!(listed[0].reason.contains("1 MiB limit"), "{listed:?}");
+    let mut client = KServe::new(server.channel.clone());
+    let err = load(&mut client, "scale", vec![])
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("unload-first"), "{}", err.message());
+}

@@ -240,3 +240,28 @@ async fn every_front_end_opens_a_model_the_same_way() {
         }
     }
 }
+
+#[test]
+fn every_bundled_model_warms_up_on_zeros_and_on_random_data() {
+    use predictd::engine::repository::{Slot, Warmup, WarmupData};
+    let catalog = predictd::engine::open::open_repository(&bundled_models()).unwrap();
+    let mut warmed = 0;
+    for (name, entry) in &catalog.models {
+        for slot in entry.versions.values() {
+            let Slot::Ready(model) = slot else {
+                panic!("{name} did not load");
+            };
+            for data in [WarmupData::Zero, WarmupData::Random] {
+                let warmup = Warmup {
+                    batch_sizes: Some(vec![1, 3]),
+                    count: 2,
+                    data,
+                };
+                predictd::engine::warmup::warm(model, &warmup)
+                    .unwrap_or_else(|e| panic!("{name} {data:?}: {e}"));
+            }
+            warmed += 1;
+        }
+    }
+    assert_eq!(warmed, 5, "the five bundled models");
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use crate::engine::open::{OpenDefaults, open};
 use crate::engine::repository::{
@@ -202,6 +202,8 @@ pub struct Lifecycle {
     /// Uploaded model files, copied here to be opened (removed with the server).
     uploads: tempfile::TempDir,
     state: Mutex<State>,
+    /// Old copies whose requests are still finishing.
+    retiring: Arc<watch::Sender<usize>>,
 }
 
 impl Lifecycle {
@@ -223,12 +225,20 @@ impl Lifecycle {
                 .prefix("predictd-uploads-")
                 .tempdir()?,
             state: Mutex::default(),
+            retiring: Arc::new(watch::Sender::new(0)),
         })
     }
 
     /// The model control mode.
     pub fn control(&self) -> ModelControl {
         self.config.control
+    }
+
+    /// Completes once every copy replaced or unloaded so far has finished its requests and
+    /// been freed.
+    pub async fn retired(&self) {
+        let mut count = self.retiring.subscribe();
+        let _ = count.wait_for(|&n| n == 0).await;
     }
 
     /// Loads the models the control mode starts with; the others are listed as unloaded.
@@ -336,7 +346,7 @@ impl Lifecycle {
         state.loaded.remove(name);
         self.forget_unused_uploads(&state);
         tracing::info!(model = name, "model unloaded; requests in flight finish");
-        drop(retire(name, old));
+        drop(retire(&self.retiring, name, old));
         Ok(())
     }
 
@@ -491,23 +501,22 @@ impl Lifecycle {
         force: bool,
     ) -> Result<(), LifecycleError> {
         let Found { entry, print, .. } = found;
-        let catalog = self.registry.snapshot();
-        let old = catalog.models.get(name);
-        let old_ready = |v: u64| match old.map(|e| e.versions.get(&v)) {
-            Some(Some(Slot::Ready(s))) => Some(s.clone()),
-            _ => None,
-        };
+        // A copy, not the catalog: holding the catalog would hold every worker's queue open,
+        // and unload-first waits for the old workers to end.
+        let mut old = self.registry.snapshot().models.get(name).cloned();
         let config_error = match (&overrides, &print.config) {
             (None, Err(reason)) => Some(reason.clone()),
             _ => None,
         };
-        let config = match (&overrides, &print.config, old) {
+        let config = match (&overrides, &print.config, &old) {
             (Some(o), _, _) => o.clone(),
             (None, Ok(c), _) => c.clone(),
             (None, Err(_), Some(e)) => e.config.clone(),
             (None, Err(_), None) => ModelConfig::default(),
         };
-        let settings_kept = old.is_some_and(|e| e.config.same_but_labels(&config));
+        let settings_kept = old
+            .as_ref()
+            .is_some_and(|e| e.config.same_but_labels(&config));
         let previous = state.loaded.get(name).map(|l| &l.print);
 
         let mut plans: BTreeMap<u64, Plan> = BTreeMap::new();
@@ -516,7 +525,7 @@ impl Lifecycle {
                 (_, Some(reason)) => Plan::Fail(reason.clone()),
                 (Slot::Ready(path), None) => {
                     let same_file = previous.and_then(|p| p.files.get(&v)) == print.files.get(&v);
-                    match old_ready(v) {
+                    match ready_in(&old, v) {
                         Some(s) if !force && settings_kept && same_file => Plan::Keep(s),
                         _ => Plan::Load(path.clone()),
                     }
@@ -530,24 +539,26 @@ impl Lifecycle {
         // Unload-first: the old copies of what is reloaded stop, and their memory is freed,
         // before the new ones load.
         if config.reload == Some(ReloadOrder::UnloadFirst)
-            && let Some(old) = old
+            && let Some(current) = old.as_mut()
         {
             let going: Vec<u64> = plans
                 .iter()
-                .filter(|(v, p)| matches!(p, Plan::Load(_)) && old_ready(**v).is_some())
+                .filter(|(v, p)| {
+                    matches!(p, Plan::Load(_))
+                        && matches!(current.versions.get(v), Some(Slot::Ready(_)))
+                })
                 .map(|(v, _)| *v)
                 .collect();
             if !going.is_empty() {
-                let mut interim = old.clone();
                 let mut stopped = Vec::new();
                 for v in &going {
-                    if let Some(Slot::Ready(s)) = interim.versions.insert(*v, Slot::Loading) {
+                    if let Some(Slot::Ready(s)) = current.versions.insert(*v, Slot::Loading) {
                         stopped.push(s);
                     }
                 }
-                self.registry.replace(name, Some(interim));
+                self.registry.replace(name, Some(current.clone()));
                 tracing::info!(model = name, versions = ?going, "unload-first: the old copies stop before the new ones load");
-                let _ = retire(name, stopped).await;
+                let _ = retire(&self.retiring, name, stopped).await;
             }
         }
 
@@ -584,8 +595,8 @@ impl Lifecycle {
                 }
                 Err(reason) => {
                     failures.push(format!("version {v}: {reason}"));
-                    match old_ready(v) {
-                        Some(s) if self.registry_still_has(name, v, &s) => {
+                    match ready_in(&old, v) {
+                        Some(s) => {
                             failed_reloads.insert(v, reason);
                             versions.insert(v, Slot::Ready(s));
                         }
@@ -599,12 +610,10 @@ impl Lifecycle {
         // Never lose a model that was serving: while none of the versions now listed serves,
         // the ones that served stay.
         if !versions.values().any(|s| matches!(s, Slot::Ready(_)))
-            && let Some(old) = old
+            && let Some(old) = &old
         {
             for (v, s) in ready_versions(old) {
-                if self.registry_still_has(name, v, &s) {
-                    versions.entry(v).or_insert(Slot::Ready(s));
-                }
+                versions.entry(v).or_insert(Slot::Ready(s));
             }
         }
         let kept: Vec<&Scheduler> = versions
@@ -615,6 +624,8 @@ impl Lifecycle {
             })
             .collect();
         let leaving: Vec<Scheduler> = old
+            .take()
+            .as_ref()
             .map(ready)
             .unwrap_or_default()
             .into_iter()
@@ -623,14 +634,13 @@ impl Lifecycle {
         let mut entry = ModelEntry::new(config, versions);
         entry.failed_reloads = failed_reloads;
         self.registry.replace(name, Some(entry));
-        drop(catalog);
         tracing::info!(
             model = name,
             versions = ?ready_versions_of(&self.registry, name),
             retiring = leaving.len(),
             "model applied"
         );
-        drop(retire(name, leaving));
+        drop(retire(&self.retiring, name, leaving));
         state.loaded.insert(
             name.to_string(),
             Loaded {
@@ -653,15 +663,6 @@ impl Lifecycle {
         }
     }
 
-    /// Whether `scheduler` still serves version `v` of `name` (unload-first stops it early).
-    fn registry_still_has(&self, name: &str, v: u64, scheduler: &Scheduler) -> bool {
-        let catalog = self.registry.snapshot();
-        matches!(
-            catalog.models.get(name).and_then(|e| e.versions.get(&v)),
-            Some(Slot::Ready(s)) if Arc::ptr_eq(s.model(), scheduler.model())
-        )
-    }
-
     /// Removes a model whose folder is gone (poll mode, once two polls agree).
     fn remove(&self, state: &mut State, name: &str) {
         let catalog = self.registry.snapshot();
@@ -669,7 +670,7 @@ impl Lifecycle {
         self.registry.replace(name, None);
         state.loaded.remove(name);
         tracing::info!(model = name, "model folder removed: model unloaded");
-        drop(retire(name, old));
+        drop(retire(&self.retiring, name, old));
     }
 
     /// Opens, warms and starts one version, off the reactor, if memory allows. The error says
@@ -724,6 +725,8 @@ impl Lifecycle {
             })?;
             let scheduler = Scheduler::start(Arc::new(model), scheduler)
                 .map_err(|e| (false, format!("cannot start worker threads: {e}")))?;
+            // Opening and optimising freed as much as the model keeps.
+            memory::release_free_memory();
             tracing::info!(
                 model = %name,
                 version,
@@ -818,6 +821,14 @@ fn upload_version(key: &str) -> Result<u64, String> {
         .ok_or_else(expected)
 }
 
+/// The scheduler serving version `v` in `entry`, if one does.
+fn ready_in(entry: &Option<ModelEntry<Scheduler>>, v: u64) -> Option<Scheduler> {
+    match entry.as_ref()?.versions.get(&v)? {
+        Slot::Ready(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
 fn ready_versions(entry: &ModelEntry<Scheduler>) -> Vec<(u64, Scheduler)> {
     entry
         .versions
@@ -839,8 +850,14 @@ fn ready(entry: &ModelEntry<Scheduler>) -> Vec<Scheduler> {
 
 /// Lets schedulers that no longer serve finish: their worker threads end once the requests
 /// holding them are answered; then their memory is freed. The returned task ends then.
-fn retire(name: &str, schedulers: Vec<Scheduler>) -> tokio::task::JoinHandle<()> {
+fn retire(
+    retiring: &Arc<watch::Sender<usize>>,
+    name: &str,
+    schedulers: Vec<Scheduler>,
+) -> tokio::task::JoinHandle<()> {
     let name = name.to_string();
+    let retiring = Arc::clone(retiring);
+    retiring.send_modify(|n| *n += 1);
     let versions: Vec<u64> = schedulers.iter().map(|s| s.model().version()).collect();
     let threads: Vec<_> = schedulers
         .iter()
@@ -848,18 +865,19 @@ fn retire(name: &str, schedulers: Vec<Scheduler>) -> tokio::task::JoinHandle<()>
         .collect();
     drop(schedulers);
     tokio::task::spawn_blocking(move || {
-        if threads.is_empty() {
-            return;
+        if !threads.is_empty() {
+            for thread in threads {
+                let _ = thread.join();
+            }
+            memory::release_free_memory();
+            tracing::info!(
+                model = %name,
+                versions = ?versions,
+                rss_mib = memory::resident_bytes().unwrap_or(0) >> 20,
+                "old copies retired: their requests finished and their memory is freed"
+            );
         }
-        for thread in threads {
-            let _ = thread.join();
-        }
-        tracing::info!(
-            model = %name,
-            versions = ?versions,
-            rss_mib = memory::resident_bytes().unwrap_or(0) >> 20,
-            "old copies retired: their requests finished and their memory is freed"
-        );
+        retiring.send_modify(|n| *n -= 1);
     })
 }
 

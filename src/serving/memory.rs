@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-/// Resident memory per byte of model file, once opened, optimised, planned and warmed, for each
-/// plan the model holds (the plan for any batch size, plus one per fixed batch size): measured
-/// on the bundled models and the 256×256 MatMul chains of the tests (see
-/// docs/PERFORMANCE.md, "Memory during a reload"), rounded up.
-pub const BYTES_PER_FILE_BYTE_PER_PLAN: u64 = 4;
+/// Memory a load takes at its peak per byte of model file, for each plan the model gets (the
+/// plan for any batch size, plus one per fixed batch size). Measured by tests/reload_memory.rs
+/// on a 32 MiB model with two plans: +101 MiB at the peak of a load, 1.6 per byte per plan
+/// (docs/PERFORMANCE.md, "Memory during a reload"); rounded up.
+pub const BYTES_PER_FILE_BYTE_PER_PLAN: u64 = 2;
 /// What any load costs beyond its weights: threads, plans' scratch, tract's tables.
 pub const BASE_BYTES: u64 = 8 << 20;
 
@@ -48,6 +48,18 @@ fn read_limit(path: &Path) -> Option<u64> {
 fn parse_limit(text: &str) -> Option<u64> {
     let value: u64 = text.trim().parse().ok()?;
     (value < 1 << 62).then_some(value)
+}
+
+/// Hands memory the allocator holds free back to the system. glibc's malloc keeps what a freed
+/// model occupied in its per-thread arenas, so without this the process stays as large as it
+/// was at its largest (measured: see docs/PERFORMANCE.md, "Memory across reloads").
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Why a load was not attempted.

@@ -1,16 +1,20 @@
 //! Per-model counters and durations, recorded by the scheduler as requests pass through it, so
 //! that statistics and metrics endpoints only read them.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 /// Live counters for one model version. All updates are relaxed atomics: readers get a
 /// consistent-enough view for monitoring, never a lock on the request path.
 #[derive(Debug, Default)]
 pub struct ModelStats {
-    /// Woken when runs begin, for whoever waits on the counters (tests, a drain) rather than
+    /// Woken when requests are queued and runs begin, for whoever waits on the counters (tests, a drain) rather than
     /// polling them.
     progress: tokio::sync::Notify,
+    /// Callers in [`ModelStats::wait_for`]: with none, progress is not signalled, so that the
+    /// request path pays one atomic load for it, not a lock.
+    watchers: AtomicUsize,
     received: AtomicU64,
     started: AtomicU64,
     succeeded: AtomicU64,
@@ -63,6 +67,14 @@ pub struct StatsSnapshot {
     pub last_batch_rows: u64,
 }
 
+struct Watching<'a>(&'a AtomicUsize);
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -71,18 +83,30 @@ impl ModelStats {
     /// A request was taken into the queue.
     pub fn received(&self) {
         self.received.fetch_add(1, Relaxed);
-        self.progress.notify_waiters();
+        self.signal_progress();
     }
 
     /// A run of `requests` requests begins.
     pub fn starting(&self, requests: usize) {
         self.started.fetch_add(requests as u64, Relaxed);
-        self.progress.notify_waiters();
+        self.signal_progress();
+    }
+
+    fn signal_progress(&self) {
+        // Orders the counter just written before the look at `watchers`: a waiter that
+        // registers after this look reads the counter after it, so it never misses it.
+        std::sync::atomic::fence(SeqCst);
+        if self.watchers.load(SeqCst) > 0 {
+            self.progress.notify_waiters();
+        }
     }
 
     /// Completes once `condition` holds of the counters, re-read each time a request is queued
     /// or a run begins.
     pub async fn wait_for(&self, condition: impl Fn(&StatsSnapshot) -> bool) {
+        self.watchers.fetch_add(1, SeqCst);
+        // Counted out again however the wait ends, dropped futures included.
+        let _watching = Watching(&self.watchers);
         loop {
             let next = self.progress.notified();
             tokio::pin!(next);

@@ -619,3 +619,100 @@ pub fn scale_request(name: &str, version: &str) -> pb::PredictRequest {
 pub fn scale_of(reply: &pb::PredictResponse) -> f64 {
     values(reply.outputs.get("Y").expect("output Y"))[0]
 }
+
+/// Writes `<root>/<name>/1/model.onnx`: `X` FP32 [N, width] through `layers` MatMuls, each
+/// with weights of its own, so that the file (4 × layers × width² bytes) is what the model's
+/// memory is made of.
+pub fn write_wide_model(root: &Path, name: &str, layers: usize, width: i64) {
+    use prost::Message;
+    use tract_onnx::pb;
+    let dim = |value| pb::tensor_shape_proto::Dimension {
+        value: Some(value),
+        ..Default::default()
+    };
+    let io = |name: &str| pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: vec![
+                        dim(pb::tensor_shape_proto::dimension::Value::DimParam(
+                            "N".into(),
+                        )),
+                        dim(pb::tensor_shape_proto::dimension::Value::DimValue(width)),
+                    ],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let weights = (0..layers)
+        .map(|l| pb::TensorProto {
+            name: format!("W{l}"),
+            dims: vec![width, width],
+            data_type: pb::tensor_proto::DataType::Float as i32,
+            float_data: (0..width * width)
+                .map(|i| (((i + l as i64) % 13) as f32 - 6.0) / (16.0 * width as f32))
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    let nodes = (0..layers)
+        .map(|l| pb::NodeProto {
+            input: vec![
+                if l == 0 { "X".into() } else { format!("h{l}") },
+                format!("W{l}"),
+            ],
+            output: vec![if l + 1 == layers {
+                "Y".into()
+            } else {
+                format!("h{}", l + 1)
+            }],
+            name: format!("matmul{l}"),
+            op_type: "MatMul".into(),
+            ..Default::default()
+        })
+        .collect();
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(pb::GraphProto {
+            name: name.into(),
+            node: nodes,
+            initializer: weights,
+            input: vec![io("X")],
+            output: vec![io("Y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let dir = root.join(name).join("1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.onnx"), model.encode_to_vec()).unwrap();
+}
+
+/// Resident and peak resident memory of this process, in bytes (`VmRSS`, `VmHWM`).
+pub fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        let kb: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kb * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Resets this process's peak resident memory to its current one.
+pub fn reset_peak_memory() {
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+}

@@ -234,7 +234,11 @@ def grpc_suite(addr, references):
     check("grpc: wrong datatype is INVALID_ARGUMENT naming both", wrong_dtype)
 
     check("grpc: unimplemented RPCs say so",
-          lambda: expect_error(lambda: client.load_model(model), "UNIMPLEMENTED", "predictd"))
+          lambda: expect_error(lambda: client.get_cuda_shared_memory_status(), "UNIMPLEMENTED",
+                               "predictd"))
+    check("grpc: load_model needs explicit model control, and says so",
+          lambda: expect_error(lambda: client.load_model(model), "FAILED_PRECONDITION",
+                               "--model-control explicit"))
     check("grpc: server still ready after the errors", lambda: _true(client.is_server_ready()))
 
 

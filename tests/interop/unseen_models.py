@@ -4,7 +4,8 @@ Usage: python unseen_models.py OUT_DIR
 
 Creates, deterministically (fixed seeds):
   iris_tree/1/model.onnx and iris_tree/3/model.onnx  DecisionTreeClassifier via skl2onnx
-      (zipmap off), input `features` FP32 [None, 4]; "latest" must resolve to version 3.
+      (zipmap off), input `features` FP32 [None, 4]; "latest" must resolve to version 3. Its
+      config.toml serves both versions (version_policy = "all"; the default is the latest only).
   tiny_cnn/1/model.onnx   onnx.helper graph: `pixels` FP32 [batch, 3, 16, 16] -> Conv(3->8, 3x3,
       pad 1) -> Relu -> MaxPool 2x2 -> Flatten -> Gemm(512->5) -> Softmax -> `scores` [batch, 5].
   pair_dot/1/model.onnx   inputs `a`, `b` FP32 [n, 3] -> `sum` = ReduceSum(a*b, axis 1) [n].
@@ -82,6 +83,7 @@ def iris_tree(out):
     impure = np.flatnonzero(tree.predict_proba(x).max(axis=1) < 1)[:3]
     rows = x[[0, 50, 100, *impure]]
     write(out, "iris_tree", [1, 3], model, {"features": rows})
+    (out / "iris_tree" / "config.toml").write_text('version_policy = "all"\n')
 
 
 def tiny_cnn(out):
