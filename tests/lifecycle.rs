@@ -603,3 +603,55 @@ async fn a_load_past_the_memory_limit_fails_cleanly() {
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("unload-first"), "{}", err.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_goes_on_when_its_client_gives_up_and_loads_run_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    write_heavy_model(dir.path(), "heavy", 512);
+    publish_model_file(dir.path(), "scale", 1, &scale_model(1.0));
+    let server = TestServer::start_with(explicit_config(dir.path(), &["scale"])).await;
+    let mut client = KServe::new(server.channel.clone());
+    let mut hasty = tonic::Request::new(kserve::RepositoryModelLoadRequest {
+        model_name: "heavy".into(),
+        ..Default::default()
+    });
+    hasty.set_timeout(Duration::from_millis(1));
+    let gave_up = client
+        .repository_model_load(hasty)
+        .await
+        .expect_err("1 ms is too short");
+    assert!(
+        matches!(
+            gave_up.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{gave_up:?}"
+    );
+    // Changes run one at a time: once these two loads of one model, sent together, are done,
+    // so is the abandoned one.
+    let (mut first, mut second) = (client.clone(), client.clone());
+    let (a, b) = tokio::join!(
+        load(&mut first, "scale", vec![]),
+        load(&mut second, "scale", vec![])
+    );
+    a.unwrap();
+    b.unwrap();
+    let listed = index(&mut client).await;
+    assert_eq!(
+        listed[&("heavy".into(), "1".into())].0,
+        "READY",
+        "{listed:?}"
+    );
+    assert_eq!(
+        listed[&("scale".into(), "1".into())].0,
+        "READY",
+        "{listed:?}"
+    );
+    let reply = server
+        .client()
+        .predict(heavy_request("heavy", 1))
+        .await
+        .unwrap();
+    assert_eq!(reply.get_ref().outputs["Y"].shape, vec![1, 256]);
+    server.lifecycle.retired().await;
+}

@@ -165,6 +165,9 @@ impl<B> MakeSpan<B> for CallSpan {
     }
 }
 
+/// The longest a repository call (a load) may take unless its client says less.
+const REPOSITORY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// Sets each request's [`Deadlines`] and answers DEADLINE_EXCEEDED (504) when the handler has
@@ -198,9 +201,16 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .map(|t| now + t.saturating_sub(AHEAD_OF_TONIC));
+        // A model load takes as long as the model does: only the client's deadline bounds it.
+        let request_timeout =
+            if routes::group(request.method(), request.uri().path()) == Group::ModelRepository {
+                REPOSITORY_TIMEOUT
+            } else {
+                self.request_timeout
+            };
         let deadlines = Deadlines {
             client,
-            request_timeout: self.request_timeout,
+            request_timeout,
         };
         request.extensions_mut().insert(deadlines);
         let deadline = deadlines.for_work_starting(now);

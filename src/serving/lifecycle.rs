@@ -275,6 +275,11 @@ impl Lifecycle {
                 Ok(found) => found,
                 Err(e) => {
                     tracing::error!(model = %name, error = %e, "cannot read the model's folder");
+                    let versions = [(1, Slot::Failed(e.to_string()))].into();
+                    self.registry.replace(
+                        name,
+                        Some(ModelEntry::new(ModelConfig::default(), versions)),
+                    );
                     continue;
                 }
             };
@@ -284,8 +289,27 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Loads (or, if it is loaded, reloads) model `name` as the repository API asks.
-    pub async fn load(&self, name: &str, request: LoadRequest) -> Result<(), LifecycleError> {
+    /// Loads (or, if it is loaded, reloads) model `name` as the repository API asks. The load
+    /// runs to its end even if the caller goes away meanwhile.
+    pub async fn load(
+        self: &Arc<Self>,
+        name: &str,
+        request: LoadRequest,
+    ) -> Result<(), LifecycleError> {
+        let this = Arc::clone(self);
+        let name = name.to_string();
+        detached(async move { this.load_now(&name, request).await }).await
+    }
+
+    /// Stops serving model `name`: new requests are refused, those in flight finish. Runs to
+    /// its end even if the caller goes away meanwhile.
+    pub async fn unload(self: &Arc<Self>, name: &str) -> Result<(), LifecycleError> {
+        let this = Arc::clone(self);
+        let name = name.to_string();
+        detached(async move { this.unload_now(&name).await }).await
+    }
+
+    async fn load_now(&self, name: &str, request: LoadRequest) -> Result<(), LifecycleError> {
         self.explicit_only()?;
         if !repository::valid_model_name(name) {
             return Err(LifecycleError::BadName(name.to_string()));
@@ -324,8 +348,7 @@ impl Lifecycle {
         result
     }
 
-    /// Stops serving model `name`: new requests are refused, those in flight finish.
-    pub async fn unload(&self, name: &str) -> Result<(), LifecycleError> {
+    async fn unload_now(&self, name: &str) -> Result<(), LifecycleError> {
         self.explicit_only()?;
         let mut state = self.state.lock().await;
         let catalog = self.registry.snapshot();
@@ -560,6 +583,22 @@ impl Lifecycle {
                 tracing::info!(model = name, versions = ?going, "unload-first: the old copies stop before the new ones load");
                 let _ = retire(&self.retiring, name, stopped).await;
             }
+        }
+
+        // Versions with no copy serving show LOADING while they load.
+        let loading: Vec<u64> = plans
+            .iter()
+            .filter(|(v, p)| matches!(p, Plan::Load(_)) && ready_in(&old, **v).is_none())
+            .map(|(v, _)| *v)
+            .collect();
+        if !loading.is_empty() {
+            let mut interim = old
+                .clone()
+                .unwrap_or_else(|| ModelEntry::new(config.clone(), BTreeMap::new()));
+            for v in loading {
+                interim.versions.insert(v, Slot::Loading);
+            }
+            self.registry.replace(name, Some(interim));
         }
 
         // An upload is named as its parameter was, not by where its copy sits.
@@ -881,12 +920,29 @@ fn retire(
     })
 }
 
+/// Runs a change on a task of its own, so that a caller going away (a dropped request future)
+/// does not stop it halfway.
+async fn detached<T: Send + 'static>(
+    change: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    settle(tokio::spawn(change).await).await
+}
+
+/// A task's value; its panic, passed on; or, for a task cancelled because the runtime is
+/// shutting down, nothing ever (the caller is being dropped too).
+async fn settle<T>(joined: Result<T, tokio::task::JoinError>) -> T {
+    match joined {
+        Ok(value) => value,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => std::future::pending().await,
+        },
+    }
+}
+
 /// Runs blocking work (disk, model loads) off the reactor.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
+    settle(tokio::task::spawn_blocking(work).await).await
 }
 
 #[cfg(test)]
