@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     TestServer, heavy_request, http_post, publish_model_file, scale_model, scale_of, scale_request,
-    wait_for_stats, write_heavy_model,
+    until_factor, wait_for_stats, write_heavy_model,
 };
 use predictd::proto::inference as kserve;
 use predictd::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -51,25 +51,6 @@ async fn callers(
         }));
     }
     tasks
-}
-
-/// Waits until a fresh request is answered with factor `k`; returns how long that took.
-async fn until_factor(server: &TestServer, k: f64, what: &str) -> Duration {
-    let started = Instant::now();
-    let mut client = server.client();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Ok(reply) = client.predict(scale_request("scale", "")).await
-                && scale_of(reply.get_ref()) == k
-            {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
-    started.elapsed()
 }
 
 async fn versions(server: &TestServer, model: &str) -> Vec<pb::ModelVersionStatus> {

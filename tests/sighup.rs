@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, publish_model_file, scale_model, scale_of, scale_request};
+use common::{TestServer, publish_model_file, scale_model, scale_of, scale_request, until_factor};
 
 #[tokio::test]
 async fn sighup_rescans_the_repository_in_mode_none() {
@@ -29,18 +29,7 @@ async fn sighup_rescans_the_repository_in_mode_none() {
         .status()
         .unwrap();
     assert!(sent.success());
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Ok(reply) = server.client().predict(scale_request("scale", "")).await
-                && scale_of(reply.get_ref()) == 2.0
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("SIGHUP loads version 2");
+    until_factor(&server, 2.0, "SIGHUP loads version 2").await;
     let reply = server
         .client()
         .predict(scale_request("fresh", ""))

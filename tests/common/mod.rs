@@ -388,14 +388,27 @@ pub async fn wait_for_stats(
 /// Writes `<root>/<name>/1/model.onnx`, a deliberately heavy model: `X` FP32 [N, 256] through
 /// `layers` chained 256×256 MatMuls to `Y` FP32 [N, 256]. Its cost grows with rows × layers.
 pub fn write_heavy_model(root: &Path, name: &str, layers: usize) {
-    use prost::Message;
-    use tract_onnx::pb;
     const W: i64 = 256;
-    let dim = |value: pb::tensor_shape_proto::dimension::Value| pb::tensor_shape_proto::Dimension {
+    let weight = fp32_initializer(
+        "W",
+        vec![W, W],
+        (0..W * W).map(|i| ((i % 7) as f32 - 3.0) / 256.0).collect(),
+    );
+    write_model(
+        root,
+        name,
+        &matmul_chain(name, layers, W, vec![weight], |_| "W".to_string()),
+    );
+}
+
+/// `X` FP32 [N, width]: the inputs and outputs of the test models.
+fn fp32_rows(name: &str, width: i64) -> tract_onnx::pb::ValueInfoProto {
+    use tract_onnx::pb;
+    let dim = |value| pb::tensor_shape_proto::Dimension {
         value: Some(value),
         ..Default::default()
     };
-    let io = |name: &str| pb::ValueInfoProto {
+    pb::ValueInfoProto {
         name: name.to_string(),
         r#type: Some(pb::TypeProto {
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
@@ -405,38 +418,36 @@ pub fn write_heavy_model(root: &Path, name: &str, layers: usize) {
                         dim(pb::tensor_shape_proto::dimension::Value::DimParam(
                             "N".into(),
                         )),
-                        dim(pb::tensor_shape_proto::dimension::Value::DimValue(W)),
+                        dim(pb::tensor_shape_proto::dimension::Value::DimValue(width)),
                     ],
                 }),
             })),
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let weight = pb::TensorProto {
-        name: "W".into(),
-        dims: vec![W, W],
-        data_type: pb::tensor_proto::DataType::Float as i32,
-        float_data: (0..W * W).map(|i| ((i % 7) as f32 - 3.0) / 256.0).collect(),
+    }
+}
+
+fn fp32_initializer(name: &str, dims: Vec<i64>, values: Vec<f32>) -> tract_onnx::pb::TensorProto {
+    tract_onnx::pb::TensorProto {
+        name: name.into(),
+        dims,
+        data_type: tract_onnx::pb::tensor_proto::DataType::Float as i32,
+        float_data: values,
         ..Default::default()
-    };
-    let nodes = (0..layers)
-        .map(|i| pb::NodeProto {
-            input: vec![
-                if i == 0 { "X".into() } else { format!("h{i}") },
-                "W".into(),
-            ],
-            output: vec![if i + 1 == layers {
-                "Y".into()
-            } else {
-                format!("h{}", i + 1)
-            }],
-            name: format!("matmul{i}"),
-            op_type: "MatMul".into(),
-            ..Default::default()
-        })
-        .collect();
-    let model = pb::ModelProto {
+    }
+}
+
+/// A graph `X` → `nodes` → `Y`, FP32 [N, width] at both ends, as an opset-13 model.
+fn onnx_model(
+    name: &str,
+    width: i64,
+    node: Vec<tract_onnx::pb::NodeProto>,
+    initializer: Vec<tract_onnx::pb::TensorProto>,
+) -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb;
+    pb::ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto {
             domain: String::new(),
@@ -444,17 +455,45 @@ pub fn write_heavy_model(root: &Path, name: &str, layers: usize) {
         }],
         graph: Some(pb::GraphProto {
             name: name.into(),
-            node: nodes,
-            initializer: vec![weight],
-            input: vec![io("X")],
-            output: vec![io("Y")],
+            node,
+            initializer,
+            input: vec![fp32_rows("X", width)],
+            output: vec![fp32_rows("Y", width)],
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+    .encode_to_vec()
+}
+
+/// `X` through `layers` MatMuls by the initializers `weight(layer)` names, to `Y`.
+fn matmul_chain(
+    name: &str,
+    layers: usize,
+    width: i64,
+    weights: Vec<tract_onnx::pb::TensorProto>,
+    weight: impl Fn(usize) -> String,
+) -> Vec<u8> {
+    let nodes = (0..layers)
+        .map(|l| tract_onnx::pb::NodeProto {
+            input: vec![if l == 0 { "X".into() } else { format!("h{l}") }, weight(l)],
+            output: vec![if l + 1 == layers {
+                "Y".into()
+            } else {
+                format!("h{}", l + 1)
+            }],
+            name: format!("matmul{l}"),
+            op_type: "MatMul".into(),
+            ..Default::default()
+        })
+        .collect();
+    onnx_model(name, width, nodes, weights)
+}
+
+fn write_model(root: &Path, name: &str, bytes: &[u8]) {
     let dir = root.join(name).join("1");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("model.onnx"), model.encode_to_vec()).unwrap();
+    std::fs::write(dir.join("model.onnx"), bytes).unwrap();
 }
 
 /// A request for the heavy model with `rows` rows.
@@ -531,60 +570,19 @@ pub async fn raw_unary(
 /// The bytes of a tiny model that scales its input: `Y = X * k`, `X` and `Y` FP32 [N, 4]. Its
 /// answers show which copy served a request.
 pub fn scale_model(k: f32) -> Vec<u8> {
-    use prost::Message;
-    use tract_onnx::pb;
-    let dim = |value| pb::tensor_shape_proto::Dimension {
-        value: Some(value),
+    let node = tract_onnx::pb::NodeProto {
+        input: vec!["X".into(), "k".into()],
+        output: vec!["Y".into()],
+        name: "mul".into(),
+        op_type: "Mul".into(),
         ..Default::default()
     };
-    let io = |name: &str| pb::ValueInfoProto {
-        name: name.to_string(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: pb::tensor_proto::DataType::Float as i32,
-                shape: Some(pb::TensorShapeProto {
-                    dim: vec![
-                        dim(pb::tensor_shape_proto::dimension::Value::DimParam(
-                            "N".into(),
-                        )),
-                        dim(pb::tensor_shape_proto::dimension::Value::DimValue(4)),
-                    ],
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let factor = pb::TensorProto {
-        name: "k".into(),
-        dims: vec![],
-        data_type: pb::tensor_proto::DataType::Float as i32,
-        float_data: vec![k],
-        ..Default::default()
-    };
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(pb::GraphProto {
-            name: "scale".into(),
-            node: vec![pb::NodeProto {
-                input: vec!["X".into(), "k".into()],
-                output: vec!["Y".into()],
-                name: "mul".into(),
-                op_type: "Mul".into(),
-                ..Default::default()
-            }],
-            initializer: vec![factor],
-            input: vec![io("X")],
-            output: vec![io("Y")],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    model.encode_to_vec()
+    onnx_model(
+        "scale",
+        4,
+        vec![node],
+        vec![fp32_initializer("k", vec![], vec![k])],
+    )
 }
 
 /// Puts `bytes` at `<root>/<name>/<version>/model.onnx` the safe way: written beside it under
@@ -624,76 +622,19 @@ pub fn scale_of(reply: &pb::PredictResponse) -> f64 {
 /// with weights of its own, so that the file (4 × layers × width² bytes) is what the model's
 /// memory is made of.
 pub fn write_wide_model(root: &Path, name: &str, layers: usize, width: i64) {
-    use prost::Message;
-    use tract_onnx::pb;
-    let dim = |value| pb::tensor_shape_proto::Dimension {
-        value: Some(value),
-        ..Default::default()
-    };
-    let io = |name: &str| pb::ValueInfoProto {
-        name: name.to_string(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: pb::tensor_proto::DataType::Float as i32,
-                shape: Some(pb::TensorShapeProto {
-                    dim: vec![
-                        dim(pb::tensor_shape_proto::dimension::Value::DimParam(
-                            "N".into(),
-                        )),
-                        dim(pb::tensor_shape_proto::dimension::Value::DimValue(width)),
-                    ],
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let weights = (0..layers)
-        .map(|l| pb::TensorProto {
-            name: format!("W{l}"),
-            dims: vec![width, width],
-            data_type: pb::tensor_proto::DataType::Float as i32,
-            float_data: (0..width * width)
+        .map(|l| {
+            let values = (0..width * width)
                 .map(|i| (((i + l as i64) % 13) as f32 - 6.0) / (16.0 * width as f32))
-                .collect(),
-            ..Default::default()
+                .collect();
+            fp32_initializer(&format!("W{l}"), vec![width, width], values)
         })
         .collect();
-    let nodes = (0..layers)
-        .map(|l| pb::NodeProto {
-            input: vec![
-                if l == 0 { "X".into() } else { format!("h{l}") },
-                format!("W{l}"),
-            ],
-            output: vec![if l + 1 == layers {
-                "Y".into()
-            } else {
-                format!("h{}", l + 1)
-            }],
-            name: format!("matmul{l}"),
-            op_type: "MatMul".into(),
-            ..Default::default()
-        })
-        .collect();
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(pb::GraphProto {
-            name: name.into(),
-            node: nodes,
-            initializer: weights,
-            input: vec![io("X")],
-            output: vec![io("Y")],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let dir = root.join(name).join("1");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("model.onnx"), model.encode_to_vec()).unwrap();
+    write_model(
+        root,
+        name,
+        &matmul_chain(name, layers, width, weights, |l| format!("W{l}")),
+    );
 }
 
 /// Resident and peak resident memory of this process, in bytes (`VmRSS`, `VmHWM`).
@@ -715,4 +656,23 @@ pub fn memory() -> (u64, u64) {
 /// Resets this process's peak resident memory to its current one.
 pub fn reset_peak_memory() {
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
+}
+
+/// Waits until a fresh request is answered with factor `k`; returns how long that took.
+pub async fn until_factor(server: &TestServer, k: f64, what: &str) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let mut client = server.client();
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            if let Ok(reply) = client.predict(scale_request("scale", "")).await
+                && scale_of(reply.get_ref()) == k
+            {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+    started.elapsed()
 }
