@@ -257,6 +257,12 @@ pub struct ServeArgs {
     /// cross it fails cleanly [default: the cgroup's limit, if any].
     #[arg(long, value_parser = parse_bytes, env = "PREDICTD_MEMORY_LIMIT")]
     pub memory_limit: Option<u64>,
+    /// Serve Prometheus metrics at /metrics on the HTTP port (and on --metrics-addr).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PREDICTD_METRICS")]
+    pub metrics: bool,
+    /// Also serve /metrics on this address, for a scraper kept off the API port.
+    #[arg(long, env = "PREDICTD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A size in bytes: a number, optionally with KiB, MiB, GiB (or KB, MB, GB, powers of ten).
@@ -350,6 +356,7 @@ impl ServeArgs {
                 tcp_nodelay: self.tcp_nodelay,
             },
             lifecycle: self.lifecycle()?,
+            metrics: self.metrics,
         })
     }
 

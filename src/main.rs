@@ -59,16 +59,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let grpc = bind(args.grpc_addr).await?;
         let http = bind(args.http_addr).await?;
+        let metrics = match args.metrics_addr.filter(|_| args.metrics) {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         tracing::info!(
             grpc = %grpc.local_addr().unwrap_or(args.grpc_addr),
             http = %http.local_addr().unwrap_or(args.http_addr),
             models = %config.models.display(),
             "predictd listening"
         );
-        predictd::server::App::new(config)?
-            .with_http(http)
-            .serve(grpc, shutdown_signal())
-            .await?;
+        let mut app = predictd::server::App::new(config)?.with_http(http);
+        if let Some(metrics) = metrics {
+            app = app.with_metrics(metrics);
+        }
+        app.serve(grpc, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })

@@ -20,6 +20,7 @@ use crate::engine::open::OpenDefaults;
 use crate::engine::repository::{self, RepositoryError};
 use crate::kserve::grpc::InferenceService;
 use crate::kserve::rest;
+use crate::metrics;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::predictd::v1::prediction_service_server::PredictionServiceServer;
 use crate::serving::lifecycle::{Lifecycle, LifecycleConfig, ModelControl, listen_for_hangups};
@@ -50,6 +51,8 @@ pub struct ServeConfig {
     pub http2: Http2Config,
     /// How models change while serving.
     pub lifecycle: LifecycleConfig,
+    /// Whether `/metrics` is served.
+    pub metrics: bool,
 }
 
 /// Transport settings.
@@ -95,6 +98,7 @@ impl ServeConfig {
                 startup_models: Vec::new(),
                 budget: Budget::default(),
             },
+            metrics: true,
         }
     }
 }
@@ -146,6 +150,8 @@ pub struct App {
     lifecycle: Arc<Lifecycle>,
     /// Where the REST front end listens, if it is served.
     http: Option<TcpListener>,
+    /// Where `/metrics` is also served, on a port of its own.
+    metrics: Option<TcpListener>,
 }
 
 impl App {
@@ -166,12 +172,19 @@ impl App {
             registry,
             lifecycle: Arc::new(lifecycle),
             http: None,
+            metrics: None,
         })
     }
 
     /// Also serves the KServe v2 REST protocol on `listener`.
     pub fn with_http(mut self, listener: TcpListener) -> App {
         self.http = Some(listener);
+        self
+    }
+
+    /// Also serves `/metrics` on `listener` (besides the REST port).
+    pub fn with_metrics(mut self, listener: TcpListener) -> App {
+        self.metrics = Some(listener);
         self
     }
 
@@ -197,6 +210,7 @@ impl App {
             registry,
             lifecycle,
             http,
+            metrics: metrics_listener,
         } = self;
 
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -248,14 +262,27 @@ impl App {
         // The one stack both transports' calls pass through: request id, trace, deadline,
         // and the concurrency limit for inference calls.
         let edge = EdgeLayer::new(config.request_timeout, Arc::clone(&permits));
+        let sources = metrics::Sources {
+            registry: Arc::clone(&registry),
+            edge: edge.counters(),
+        };
+        let mut http_routes = rest::router(
+            Arc::clone(&registry),
+            Arc::clone(&lifecycle),
+            config.max_message_bytes,
+        );
+        if config.metrics {
+            http_routes = http_routes.merge(metrics::router(sources.clone()));
+        }
         let rest = serve_rest(
             http,
-            rest::router(
-                Arc::clone(&registry),
-                Arc::clone(&lifecycle),
-                config.max_message_bytes,
-            )
-            .layer(edge.clone()),
+            http_routes.layer(edge.clone()),
+            config.http2.tcp_nodelay,
+            draining_begins(),
+        );
+        let metrics_only = serve_rest(
+            metrics_listener.filter(|_| config.metrics),
+            metrics::router(sources).layer(edge.clone()),
             config.http2.tcp_nodelay,
             draining_begins(),
         );
@@ -285,6 +312,7 @@ impl App {
             result = async { tokio::try_join!(
                 async { server.await.map_err(ServeError::from) },
                 async { rest.await.map_err(ServeError::Http) },
+                async { metrics_only.await.map_err(ServeError::Http) },
             ) } => { result?; }
             () = async { grace_expired.await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "shutdown grace expired; calls still in flight are dropped");

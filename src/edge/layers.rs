@@ -9,6 +9,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -93,6 +94,16 @@ impl Reply for axum::body::Body {
 pub struct EdgeLayer {
     request_timeout: Duration,
     permits: Arc<Semaphore>,
+    counters: Arc<EdgeCounters>,
+}
+
+/// What the edge refused, over both transports, for the metrics.
+#[derive(Debug, Default)]
+pub struct EdgeCounters {
+    /// Inference calls shed because every permit was taken.
+    pub shed: AtomicU64,
+    /// Calls answered DEADLINE_EXCEEDED by the edge's clock.
+    pub timed_out: AtomicU64,
 }
 
 impl EdgeLayer {
@@ -103,7 +114,13 @@ impl EdgeLayer {
         EdgeLayer {
             request_timeout,
             permits,
+            counters: Arc::default(),
         }
+    }
+
+    /// What this stack has refused so far.
+    pub fn counters(&self) -> Arc<EdgeCounters> {
+        Arc::clone(&self.counters)
     }
 }
 
@@ -131,10 +148,12 @@ impl<S> Layer<S> for EdgeLayer {
         let limited = LimitService {
             inner,
             permits: Arc::clone(&self.permits),
+            counters: Arc::clone(&self.counters),
         };
         let deadline = DeadlineService {
             inner: limited,
             request_timeout: self.request_timeout,
+            counters: Arc::clone(&self.counters),
         };
         // 2. One span per call carrying its request id, so every log line of the call names
         //    it, on the model's worker thread too. Client errors are not logged as errors.
@@ -176,6 +195,7 @@ type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 pub struct DeadlineService<S> {
     inner: S,
     request_timeout: Duration,
+    counters: Arc<EdgeCounters>,
 }
 
 impl<S, B, R> Service<Request<B>> for DeadlineService<S>
@@ -215,10 +235,14 @@ where
         request.extensions_mut().insert(deadlines);
         let deadline = deadlines.for_work_starting(now);
         let call = self.inner.call(request);
+        let counters = Arc::clone(&self.counters);
         Box::pin(async move {
             match tokio::time::timeout_at(deadline.into(), call).await {
                 Ok(result) => result,
-                Err(_) => Ok(R::error(deadline_exceeded(&deadlines))),
+                Err(_) => {
+                    counters.timed_out.fetch_add(1, Relaxed);
+                    Ok(R::error(deadline_exceeded(&deadlines)))
+                }
             }
         })
     }
@@ -231,6 +255,7 @@ where
 pub struct LimitService<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    counters: Arc<EdgeCounters>,
 }
 
 impl<S, B, R> Service<Request<B>> for LimitService<S>
@@ -253,6 +278,7 @@ where
             return Box::pin(self.inner.call(request));
         }
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            self.counters.shed.fetch_add(1, Relaxed);
             return Box::pin(std::future::ready(Ok(R::error(overloaded()))));
         };
         let call = self.inner.call(request);

@@ -20,6 +20,8 @@ pub enum Group {
     Statistics,
     /// The model repository: its index, loading and unloading.
     ModelRepository,
+    /// The Prometheus page.
+    Metrics,
     /// Anything else, including paths that do not exist (answered by their protocol).
     Other,
 }
@@ -63,6 +65,7 @@ pub fn group(method: &Method, path: &str) -> Group {
 fn rest_group(method: &Method, path: &str) -> Group {
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match parts.as_slice() {
+        ["metrics"] if method == Method::GET => Group::Metrics,
         ["v2"] => Group::Metadata,
         ["v2", "health", "live" | "ready"] => Group::Health,
         ["v2", "models", "stats"] => Group::Statistics,
@@ -132,6 +135,7 @@ mod tests {
         assert_eq!(get("/v2/models/stats"), Group::Statistics);
         assert_eq!(get("/v2/models/m/stats"), Group::Statistics);
         assert_eq!(post("/v2/repository/index"), Group::ModelRepository);
-        assert_eq!(get("/metrics"), Group::Other);
+        assert_eq!(get("/metrics"), Group::Metrics);
+        assert_eq!(get("/v2/repository/models/m/load"), Group::ModelRepository);
     }
 }

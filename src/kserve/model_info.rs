@@ -170,10 +170,11 @@ fn version_statistics(name: &str, version: u64, scheduler: &Scheduler) -> pb::Mo
             // Failed runs are counted; their time is in the totals above, not split out.
             fail: duration(s.failed + s.expired, 0),
             queue: duration(ran, s.queue_ns),
-            // Tensors are converted on the RPC threads, outside the model's clock.
-            compute_input: duration(ran, 0),
+            // Stacking a batch's inputs and splitting its outputs; wire tensors are converted
+            // on the RPC threads, outside these clocks.
+            compute_input: duration(ran, s.input_ns),
             compute_infer: duration(ran, s.compute_ns),
-            compute_output: duration(ran, 0),
+            compute_output: duration(ran, s.output_ns),
             cache_hit: duration(0, 0),
             cache_miss: duration(0, 0),
         }),

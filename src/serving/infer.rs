@@ -112,8 +112,12 @@ pub async fn infer(
         error,
     };
     let signature = model.signature();
-    let selected = signature.select_outputs(wanted).map_err(input_error)?;
-    let valid = signature.validate(inputs).map_err(input_error)?;
+    let refused = |error| {
+        scheduler.stats().invalid();
+        input_error(error)
+    };
+    let selected = signature.select_outputs(wanted).map_err(refused)?;
+    let valid = signature.validate(inputs).map_err(refused)?;
     if let Some(rows) = valid.rows() {
         tracing::Span::current().record("rows", rows);
     }

@@ -763,7 +763,8 @@ impl Lifecycle {
                 )
             })?;
             let scheduler = Scheduler::start(Arc::new(model), scheduler)
-                .map_err(|e| (false, format!("cannot start worker threads: {e}")))?;
+                .map_err(|e| (false, format!("cannot start worker threads: {e}")))?
+                .loaded_in(started.elapsed());
             // Opening and optimising freed as much as the model keeps.
             memory::release_free_memory();
             tracing::info!(

@@ -3,6 +3,7 @@
 //! path every protocol shares.
 
 mod batching;
+pub mod histogram;
 pub mod infer;
 pub mod lifecycle;
 pub mod memory;

@@ -134,6 +134,8 @@ pub struct Scheduler {
     stats: Arc<ModelStats>,
     /// The worker threads, until someone takes them to join ([`Scheduler::take_threads`]).
     threads: Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
+    /// How long opening, optimising and warming the model took.
+    load_time: Duration,
 }
 
 impl Scheduler {
@@ -185,7 +187,19 @@ impl Scheduler {
             config,
             stats,
             threads: Arc::new(Mutex::new(threads)),
+            load_time: Duration::ZERO,
         })
+    }
+
+    /// The same scheduler, noting that its model took `load_time` to make ready.
+    pub fn loaded_in(mut self, load_time: Duration) -> Scheduler {
+        self.load_time = load_time;
+        self
+    }
+
+    /// How long its model took to make ready.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
     }
 
     /// The worker threads, to be joined: they end once every handle of this scheduler is
@@ -276,11 +290,14 @@ impl Worker {
         let parts: Vec<&ValidInputs> = batch.iter().map(|j| &j.inputs).collect();
         self.stats.starting(batch.len());
         let started = Instant::now();
-        let split = ValidInputs::concat(&parts)
-            .ok_or_else(|| RunError::engine("batch inputs do not stack: this is a bug"))
-            .and_then(|merged| self.model.run(merged))
-            .and_then(|outputs| split_outputs(&outputs, &rows));
-        let compute = started.elapsed();
+        let merged = ValidInputs::concat(&parts)
+            .ok_or_else(|| RunError::engine("batch inputs do not stack: this is a bug"));
+        let stacked = Instant::now();
+        let outputs = merged.and_then(|merged| self.model.run(merged));
+        let ran = Instant::now();
+        let split = outputs.and_then(|outputs| split_outputs(&outputs, &rows));
+        let compute = ran - stacked;
+        self.stats.copies(stacked - started, ran.elapsed());
         match split {
             Ok(per_job) => {
                 self.stats.batch(batch.len(), rows.iter().sum(), compute);

@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
+use crate::serving::histogram::{Durations, Rows};
+
 /// Live counters for one model version. All updates are relaxed atomics: readers get a
 /// consistent-enough view for monitoring, never a lock on the request path.
 #[derive(Debug, Default)]
@@ -16,6 +18,7 @@ pub struct ModelStats {
     /// request path pays one atomic load for it, not a lock.
     watchers: AtomicUsize,
     received: AtomicU64,
+    invalid: AtomicU64,
     started: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
@@ -30,6 +33,16 @@ pub struct ModelStats {
     cancelled: AtomicU64,
     rejected: AtomicU64,
     last_batch_rows: AtomicU64,
+    input_ns: AtomicU64,
+    output_ns: AtomicU64,
+    /// Queueing to answer, per request.
+    pub request_seconds: Durations,
+    /// Queueing to the start of its batch, per request.
+    pub queue_seconds: Durations,
+    /// Its batch's model run, per request.
+    pub compute_seconds: Durations,
+    /// Rows per model run.
+    pub batch_rows: Rows,
 }
 
 /// A copy of the counters at one moment.
@@ -37,6 +50,8 @@ pub struct ModelStats {
 pub struct StatsSnapshot {
     /// Requests taken into the queue.
     pub received: u64,
+    /// Requests refused before queueing: their tensors did not fit the model.
+    pub invalid: u64,
     /// Requests whose run has begun.
     pub started: u64,
     /// Requests that ran and were answered.
@@ -65,6 +80,18 @@ pub struct StatsSnapshot {
     pub rejected: u64,
     /// Rows in the most recent batch.
     pub last_batch_rows: u64,
+    /// Total time spent stacking requests' inputs into batches.
+    pub input_ns: u64,
+    /// Total time spent splitting batches' outputs into replies.
+    pub output_ns: u64,
+}
+
+impl StatsSnapshot {
+    /// Requests queued and not yet answered or dropped.
+    pub fn pending(&self) -> u64 {
+        self.received
+            .saturating_sub(self.succeeded + self.failed + self.expired + self.cancelled)
+    }
 }
 
 struct Watching<'a>(&'a AtomicUsize);
@@ -120,8 +147,23 @@ impl ModelStats {
         }
     }
 
+    /// A request's tensors did not fit the model: refused before it was queued.
+    pub fn invalid(&self) {
+        self.invalid.fetch_add(1, Relaxed);
+    }
+
+    /// A batch's inputs took `input` to stack and its outputs `output` to split.
+    pub fn copies(&self, input: Duration, output: Duration) {
+        self.input_ns.fetch_add(nanos(input), Relaxed);
+        self.output_ns.fetch_add(nanos(output), Relaxed);
+    }
+
     /// One batch of `requests` requests and `rows` rows ran in `compute`.
     pub fn batch(&self, requests: usize, rows: usize, compute: Duration) {
+        self.batch_rows.0.observe(rows as f64);
+        self.compute_seconds
+            .0
+            .observe_n(compute.as_secs_f64(), requests as u64);
         self.batches.fetch_add(1, Relaxed);
         self.batched_requests.fetch_add(requests as u64, Relaxed);
         self.rows.fetch_add(rows as u64, Relaxed);
@@ -133,6 +175,8 @@ impl ModelStats {
     /// One request ran with `ok` as its outcome, after waiting `queued` for its batch to begin
     /// and `total` from queueing to answer.
     pub fn answered(&self, queued: Duration, total: Duration, ok: bool) {
+        self.queue_seconds.record(queued);
+        self.request_seconds.record(total);
         self.queue_ns.fetch_add(nanos(queued), Relaxed);
         self.total_ns.fetch_add(nanos(total), Relaxed);
         let now_ms = std::time::SystemTime::now()
@@ -165,6 +209,7 @@ impl ModelStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             received: self.received.load(Relaxed),
+            invalid: self.invalid.load(Relaxed),
             started: self.started.load(Relaxed),
             succeeded: self.succeeded.load(Relaxed),
             failed: self.failed.load(Relaxed),
@@ -179,6 +224,8 @@ impl ModelStats {
             cancelled: self.cancelled.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             last_batch_rows: self.last_batch_rows.load(Relaxed),
+            input_ns: self.input_ns.load(Relaxed),
+            output_ns: self.output_ns.load(Relaxed),
         }
     }
 }

@@ -135,10 +135,24 @@ impl Drop for TestServer {
 
 /// A plain HTTP/1.1 POST of a JSON `body` to `path`: the status and the body of the answer.
 pub async fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http_call(addr, "POST", path, body).await
+}
+
+/// A plain HTTP/1.1 GET of `path`: the status and the body of the answer.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_call(addr, "GET", path, "").await
+}
+
+async fn http_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();

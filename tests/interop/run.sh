@@ -378,9 +378,26 @@ repository_api() {
     done
 }
 
+# ---------------------------------------------------------------- metrics
+
+metrics() {
+    local repo=$TMP/metrics-models work=$TMP/metrics ports
+    mkdir -p "$repo/linear/1" "$work"
+    cp models/diabetes_linear/1/model.onnx "$repo/linear/1/"
+    if ! ports=$("$PY" tests/interop/check.py ports 1 2>&1); then
+        not_ok "pick a free port" "$ports"
+        return 0
+    fi
+    serve "$repo" "$TMP/server-metrics.log" "a repository for metrics" \
+        --metrics-addr "127.0.0.1:$ports" || return 0
+    tally "metrics: prometheus_client, promtool and a Prometheus server" \
+        "$PY" tests/interop/metrics_check.py "$HTTP" "127.0.0.1:$ports" "$work"
+}
+
 bundled
 unseen
 repository_api
+metrics
 
 if [ "$FAILED" -ne 0 ]; then
     for f in "$TMP"/server-*.log; do
