@@ -124,6 +124,11 @@ pub struct BatchArgs {
     /// Progress bar on stderr: auto shows it on a terminal.
     #[arg(long, value_enum, default_value_t = Progress::Auto)]
     pub progress: Progress,
+    /// Write the run's rows, rows/s, duration and outcome to this Prometheus textfile (for
+    /// node_exporter's textfile collector), replacing it atomically, whether the run succeeds
+    /// or fails.
+    #[arg(long, value_name = "FILE.prom")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// When `predictd batch` draws a progress bar.

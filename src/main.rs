@@ -108,7 +108,6 @@ fn batch(args: &BatchArgs) -> anyhow::Result<()> {
     use std::sync::atomic::AtomicBool;
 
     let options = args.to_options()?;
-    let job = predictd::batch::Job::prepare(&options)?;
     // Ctrl-C or SIGTERM asks the run to stop and remove its partial output; a second Ctrl-C
     // ends the process at once.
     let stop = Arc::new(AtomicBool::new(false));
@@ -116,9 +115,33 @@ fn batch(args: &BatchArgs) -> anyhow::Result<()> {
         signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())?;
         signal_hook::flag::register(signal, stop.clone())?;
     }
-    let progress = ProgressReport::new(args.progress, job.total_rows());
-    let summary = predictd::batch::run(job, &stop, &|rows| progress.update(rows));
-    progress.finish();
+    let started = std::time::Instant::now();
+    let summary = predictd::batch::Job::prepare(&options).and_then(|job| {
+        let progress = ProgressReport::new(args.progress, job.total_rows());
+        let summary = predictd::batch::run(job, &stop, &|rows| progress.update(rows));
+        progress.finish();
+        summary
+    });
+    if let Some(path) = &args.metrics_file {
+        use predictd::batch::textfile;
+        let outcome = textfile::Outcome {
+            rows: summary.as_ref().map_or(0, |s| s.rows),
+            seconds: summary
+                .as_ref()
+                .map_or(started.elapsed().as_secs_f64(), |s| s.seconds),
+            failed: summary.is_err(),
+            ended: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        };
+        if let Err(e) = textfile::write(path, &options.model, &outcome) {
+            // The run's own outcome matters more: report this, then that.
+            eprintln!(
+                "predictd batch: cannot write --metrics-file {}: {e}",
+                path.display()
+            );
+        }
+    }
     let summary = summary?;
     println!(
         "predictd batch: {} rows in {:.2} s ({:.0} rows/s) -> {}",

@@ -883,3 +883,66 @@ fn a_batch_larger_than_one_run_keeps_rows_in_order_and_errors_name_the_file_row(
         "{err}"
     );
 }
+
+#[test]
+fn metrics_file_records_a_run_and_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = bundled_models();
+    let reference = references(&models)
+        .into_iter()
+        .find(|r| r.model == "diabetes_linear")
+        .unwrap();
+    let (input, tensor) = reference.inputs.iter().next().unwrap();
+    let rows = tensor.shape[0] as usize;
+    let mut columns = vec![ids(rows)];
+    columns.extend(columns_of(tensor, &format!("{input}_")));
+    let source = dir.path().join("in.parquet");
+    write_parquet(&source, &table(columns), 3);
+    let prom = dir.path().join("scoring.prom");
+    let prom_arg = prom.to_str().unwrap();
+    score(
+        &models,
+        "diabetes_linear",
+        &source,
+        &dir.path().join("out.parquet"),
+        &["--keep", "id", "--metrics-file", prom_arg],
+    );
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains(&format!(
+            "predictd_batch_rows{{model=\"diabetes_linear\"}} {rows}\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("predictd_batch_errors{model=\"diabetes_linear\"} 0\n"),
+        "{text}"
+    );
+
+    // A run that fails (its input is missing) says so in the same file.
+    let out = predictd(&[
+        "batch",
+        "--progress",
+        "never",
+        "--models",
+        models.to_str().unwrap(),
+        "--model",
+        "diabetes_linear",
+        "--input",
+        dir.path().join("missing.parquet").to_str().unwrap(),
+        "--output",
+        dir.path().join("never.parquet").to_str().unwrap(),
+        "--metrics-file",
+        prom_arg,
+    ]);
+    assert!(!out.status.success());
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains("predictd_batch_errors{model=\"diabetes_linear\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("predictd_batch_rows{model=\"diabetes_linear\"} 0\n"),
+        "{text}"
+    );
+}

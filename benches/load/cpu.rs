@@ -117,7 +117,7 @@ pub(crate) fn cpu_used(
     let pct = |ns: u64| ns as f64 / 1e9 / wall * 100.0;
     let ticks = |t: u64| t as f64 / TICKS_PER_S / wall * 100.0;
     let server = match target {
-        Target::Served => after.served.saturating_sub(before.served),
+        Target::Served | Target::Scraped => after.served.saturating_sub(before.served),
         Target::NoBatch => after.nobatch.saturating_sub(before.nobatch),
         Target::Bare => after.bare.saturating_sub(before.bare),
     };

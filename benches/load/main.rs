@@ -127,7 +127,7 @@ use in_process::{InProcess, in_process};
 use inputs::{Row, first_rows, wire_request};
 use report::{combine, formed_size, machine, percentile, report};
 use runs::{Client, Run, Target};
-use servers::{connect, start_bare, start_served};
+use servers::{Served, connect, start_bare, start_served};
 use settings::Settings;
 
 /// In-flight requests per HTTP/2 connection.
@@ -218,6 +218,12 @@ fn main() {
     }
     drop(catalog);
 
+    // What the counters cost each request, whether or not anyone scrapes them.
+    let bookkeeping = bookkeeping_ns();
+    println!(
+        "per-request bookkeeping (counters and histograms a request updates): {bookkeeping:.0} ns"
+    );
+
     // 2 and 3. The servers.
     let client_rt = ClientRuntime {
         threads: settings.client_threads,
@@ -300,13 +306,18 @@ fn main() {
                 // Served, (rust-h2 only) batching off, and bare back to back, so drift hits
                 // them alike.
                 let targets: &[Target] = if client == Client::Rust {
-                    &[Target::Served, Target::NoBatch, Target::Bare]
+                    &[
+                        Target::Served,
+                        Target::Scraped,
+                        Target::NoBatch,
+                        Target::Bare,
+                    ]
                 } else {
                     &[Target::Served, Target::Bare]
                 };
                 for &target in targets {
                     let (addr, instance) = match target {
-                        Target::Served => (served.running.addr, Some(&served)),
+                        Target::Served | Target::Scraped => (served.running.addr, Some(&served)),
                         Target::NoBatch => (nobatch.running.addr, Some(&nobatch)),
                         Target::Bare => (bare.addr, None),
                     };
@@ -315,6 +326,8 @@ fn main() {
                         target.label(),
                         client.label()
                     );
+                    let scraper =
+                        (target == Target::Scraped).then(|| scrape_until_stopped(&served));
                     let stats_before = instance.map(|i| i.stats(name));
                     let before = cpu_now(&nobatch.worker_tids);
                     let started = Instant::now();
@@ -351,6 +364,9 @@ fn main() {
                         }
                     };
                     let wall = started.elapsed().as_secs_f64();
+                    if let Some(scrapes) = scraper.map(Scraper::stop) {
+                        eprintln!("{scrapes} scrapes of /metrics during the run");
+                    }
                     let after = cpu_now(&nobatch.worker_tids);
                     let stats_after = instance.map(|i| i.stats(name));
                     let Some((mut tally, client_ns)) = outcome else {
@@ -435,6 +451,53 @@ fn main() {
 }
 
 #[cfg(unix)]
+/// The time the counters and histograms of one request take to update, in nanoseconds: what
+/// the metrics cost the request path (they are kept whether or not anyone scrapes).
+fn bookkeeping_ns() -> f64 {
+    let stats = predictd::serving::stats::ModelStats::default();
+    let d = Duration::from_micros(120);
+    let n = 2_000_000;
+    let started = Instant::now();
+    for _ in 0..n {
+        stats.received();
+        stats.starting(1);
+        stats.batch(1, 1, std::hint::black_box(d));
+        stats.answered(d, d, true);
+    }
+    std::hint::black_box(stats.snapshot());
+    started.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// A thread rendering the metrics page every 100 ms until stopped.
+struct Scraper {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl Scraper {
+    /// Stops it; the scrapes it made.
+    fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+fn scrape_until_stopped(served: &Served) -> Scraper {
+    let sources = served.metrics_sources();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        let mut scrapes = 0;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            std::hint::black_box(predictd::metrics::render(&sources));
+            scrapes += 1;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        scrapes
+    });
+    Scraper { stop, thread }
+}
+
 fn link_dir(source: &Path, link: &PathBuf) {
     std::os::unix::fs::symlink(source, link).unwrap();
 }

@@ -245,6 +245,21 @@ pub(crate) fn report(
                 on_off.join(", ")
             );
         }
+        let scraped: Vec<String> = combined
+            .iter()
+            .filter(|((n, _, t, c), _)| n == name && *t == Target::Scraped && *c == Client::Rust)
+            .filter_map(|((_, conc, _, _), on)| {
+                let off = get(name, *conc, Target::Served, Client::Rust)?;
+                Some(format!("c={conc} {}", ratio(on.req_per_s, off.req_per_s)))
+            })
+            .collect();
+        if !scraped.is_empty() {
+            let _ = writeln!(
+                out,
+                "  scraped every 100 ms ÷ not scraped req/s via rust-h2: {}",
+                scraped.join(", ")
+            );
+        }
         let inproc = &in_proc[name];
         let find = |rows: usize, threads: usize| {
             inproc
@@ -345,6 +360,17 @@ pub(crate) fn report(
         }
     }
     let mlp = "digits_mlp".to_string();
+    if let (Some(on), Some(off)) = (
+        get(&mlp, 64, Target::Scraped, Client::Rust),
+        get(&mlp, 64, Target::Served, Client::Rust),
+    ) {
+        let value = on.req_per_s / off.req_per_s;
+        let _ = writeln!(
+            out,
+            "target digits_mlp c=64: scraped ÷ not scraped = {value:.3} (target ≥ 0.97): {}",
+            verdict(value >= 0.97)
+        );
+    }
     for client in clients {
         if let (Some(s), Some(b)) = (
             get(&mlp, 64, Target::Served, client),

@@ -6,6 +6,9 @@ use crate::cpu::CpuUse;
 pub(crate) enum Target {
     /// predictd with its defaults: batching on.
     Served,
+    /// The same server while `/metrics` is rendered ten times a second (a scrape every
+    /// 100 ms, ten times the usual rate).
+    Scraped,
     /// predictd with batching off (`max_batch_size = 0`).
     NoBatch,
     /// The bare tonic server.
@@ -16,6 +19,7 @@ impl Target {
     pub(crate) fn label(self) -> &'static str {
         match self {
             Target::Served => "served",
+            Target::Scraped => "scraped",
             Target::NoBatch => "nobatch",
             Target::Bare => "bare",
         }

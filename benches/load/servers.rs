@@ -61,6 +61,14 @@ pub(crate) struct Served {
 }
 
 impl Served {
+    /// What a scrape of this server's `/metrics` reads.
+    pub(crate) fn metrics_sources(&self) -> predictd::metrics::Sources {
+        predictd::metrics::Sources {
+            registry: Arc::clone(&self.registry),
+            edge: Arc::default(),
+        }
+    }
+
     /// The counters of `model`'s served (latest) version now.
     pub(crate) fn stats(&self, model: &str) -> StatsSnapshot {
         let catalog = self.registry.snapshot();

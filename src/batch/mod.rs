@@ -9,6 +9,7 @@
 mod pipeline;
 mod sink;
 mod source;
+pub mod textfile;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
