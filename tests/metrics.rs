@@ -50,6 +50,9 @@ async fn metrics_count_what_was_sent_over_both_protocols() {
         .await
         .unwrap();
 
+    let missing = server.client().predict(scale_request("nope", "")).await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+
     let (status, page) = http_get(server.http_addr, "/metrics").await;
     assert_eq!(status, 200);
     let labels = r#"{model="scale",version="1"}"#;
@@ -102,6 +105,27 @@ async fn metrics_count_what_was_sent_over_both_protocols() {
         1.0
     );
     assert!(sample(&page, "process_resident_memory_bytes") > 1e6);
+    // Calls by protocol, group and outcome, counted at the edge.
+    for (series, n) in [
+        (
+            r#"predictd_requests_total{protocol="grpc",group="inference",code="OK"}"#,
+            6.0,
+        ),
+        (
+            r#"predictd_requests_total{protocol="grpc",group="inference",code="NOT_FOUND"}"#,
+            1.0,
+        ),
+        (
+            r#"predictd_requests_total{protocol="http",group="inference",code="200"}"#,
+            1.0,
+        ),
+        (
+            r#"predictd_requests_total{protocol="http",group="inference",code="400"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&page, series), n, "{series}");
+    }
     // The KServe statistics read the same counters.
     let (_, stats) = http_get(server.http_addr, "/v2/models/scale/stats").await;
     assert!(stats.contains(r#""inference_count":8"#), "{stats}");

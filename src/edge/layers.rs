@@ -26,6 +26,7 @@ use tower_http::trace::{
 };
 use tracing::Level;
 
+use crate::edge::counting::{CallCounts, CountService};
 use crate::edge::routes::{self, Group};
 use crate::edge::status::ApiError;
 use crate::error::ErrorKind;
@@ -97,9 +98,11 @@ pub struct EdgeLayer {
     counters: Arc<EdgeCounters>,
 }
 
-/// What the edge refused, over both transports, for the metrics.
+/// What the edge counted, over both transports, for the metrics.
 #[derive(Debug, Default)]
 pub struct EdgeCounters {
+    /// Every call by protocol, group and outcome.
+    pub calls: CallCounts,
     /// Inference calls shed because every permit was taken.
     pub shed: AtomicU64,
     /// Calls answered DEADLINE_EXCEEDED by the edge's clock.
@@ -125,7 +128,10 @@ impl EdgeLayer {
 }
 
 /// What [`EdgeLayer`] makes of a service.
-pub type Edge<S> = SetRequestId<
+pub type Edge<S> = CountService<Inner<S>>;
+
+/// The edge inside its call counting.
+pub type Inner<S> = SetRequestId<
     PropagateRequestId<
         Trace<
             DeadlineService<LimitService<S>>,
@@ -165,7 +171,9 @@ impl<S> Layer<S> for EdgeLayer {
             .layer(deadline);
         // 1. Request id: the client's `x-request-id`, or a new UUID; echoed on the reply.
         let propagated = PropagateRequestIdLayer::x_request_id().layer(traced);
-        SetRequestIdLayer::x_request_id(MakeRequestUuid).layer(propagated)
+        let identified = SetRequestIdLayer::x_request_id(MakeRequestUuid).layer(propagated);
+        // 0. Outermost, so that the refusals of every layer inside are counted too.
+        CountService::new(identified, Arc::clone(&self.counters))
     }
 }
 

@@ -26,6 +26,45 @@ pub enum Group {
     Other,
 }
 
+impl Group {
+    /// Every group, in the order of [`Group::index`].
+    pub const ALL: [Group; 7] = [
+        Group::Health,
+        Group::Metadata,
+        Group::Inference,
+        Group::Statistics,
+        Group::ModelRepository,
+        Group::Metrics,
+        Group::Other,
+    ];
+
+    /// Its place in [`Group::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Group::Health => 0,
+            Group::Metadata => 1,
+            Group::Inference => 2,
+            Group::Statistics => 3,
+            Group::ModelRepository => 4,
+            Group::Metrics => 5,
+            Group::Other => 6,
+        }
+    }
+
+    /// Its name, as metrics label it (and as `--api-keys` will name it).
+    pub fn label(self) -> &'static str {
+        match self {
+            Group::Health => "health",
+            Group::Metadata => "metadata",
+            Group::Inference => "inference",
+            Group::Statistics => "statistics",
+            Group::ModelRepository => "model-repository",
+            Group::Metrics => "metrics",
+            Group::Other => "other",
+        }
+    }
+}
+
 /// The gRPC methods of predictd's services by group. Health and reflection are services of
 /// their own, matched by prefix in [`group`].
 const GRPC: &[(&str, Group)] = &[

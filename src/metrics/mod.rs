@@ -250,6 +250,22 @@ pub fn render(sources: &Sources) -> String {
         "Calls the edge answered itself, by reason: shed (every concurrency permit taken), timed_out (deadline passed).",
     );
     let edge = &sources.edge;
+    page.family(
+        "predictd_requests_total",
+        Kind::Counter,
+        "Calls by protocol (grpc, http), endpoint group and outcome (the gRPC status name, or the HTTP status).",
+    );
+    for (protocol, group, code, n) in edge.calls.nonzero() {
+        page.sample(
+            "predictd_requests_total",
+            &[
+                ("protocol", protocol),
+                ("group", group.label()),
+                ("code", &code),
+            ],
+            n as f64,
+        );
+    }
     page.sample(
         "predictd_edge_refused_total",
         &[("reason", "shed")],
