@@ -6,6 +6,7 @@
 mod common;
 
 use common::{TestServer, http_get, http_post, publish_model_file, scale_model, scale_request};
+use predictd::proto::predictd::v1 as pb;
 use predictd::server::ServeConfig;
 
 /// The value of the sample `series` (name and labels, as written) on `page`.
@@ -156,4 +157,55 @@ async fn metrics_can_be_turned_off() {
     config.metrics = false;
     let server = TestServer::start_with(config).await;
     assert_eq!(http_get(server.http_addr, "/metrics").await.0, 404);
+}
+
+#[tokio::test]
+async fn open_streams_are_counted_while_they_are_open() {
+    let dir = tempfile::tempdir().unwrap();
+    publish_model_file(dir.path(), "scale", 1, &scale_model(2.0));
+    let server = TestServer::start(dir.path()).await;
+    let (send, receive) = tokio::sync::mpsc::channel(4);
+    let mut replies = server
+        .client()
+        .predict_stream(tokio_stream::wrappers::ReceiverStream::new(receive))
+        .await
+        .unwrap()
+        .into_inner();
+    send.send(scale_request("scale", "")).await.unwrap();
+    let reply = replies.message().await.unwrap().expect("one reply");
+    assert!(
+        matches!(
+            reply.result,
+            Some(pb::predict_stream_response::Result::Response(_))
+        ),
+        "{reply:?}"
+    );
+    let (_, page) = http_get(server.http_addr, "/metrics").await;
+    assert_eq!(sample(&page, "predictd_open_streams"), 1.0);
+    drop(send);
+    assert!(
+        replies.message().await.unwrap().is_none(),
+        "the stream ends"
+    );
+    // The server lets go of the stream just after its last frame: look until it has.
+    let mut open = 1.0;
+    for _ in 0..1000 {
+        open = sample(
+            &http_get(server.http_addr, "/metrics").await.1,
+            "predictd_open_streams",
+        );
+        if open == 0.0 {
+            break;
+        }
+    }
+    assert_eq!(open, 0.0, "the stream is no longer counted once it ended");
+    let (_, page) = http_get(server.http_addr, "/metrics").await;
+    assert_eq!(
+        sample(
+            &page,
+            r#"predictd_requests_total{protocol="grpc",group="inference",code="OK"}"#
+        ),
+        1.0,
+        "the stream is one call"
+    );
 }

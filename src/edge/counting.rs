@@ -149,6 +149,7 @@ where
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let counters = Arc::clone(&self.counters);
+        let open = routes::is_stream(request.uri().path()).then(|| OpenStream::new(&counters));
         let call = self.inner.call(request);
         Box::pin(async move {
             let response = call.await?;
@@ -161,7 +162,11 @@ where
             } else {
                 Some((counters, group))
             };
-            Ok(response.map(|inner| Counted { inner, pending }))
+            Ok(response.map(|inner| Counted {
+                inner,
+                pending,
+                _open: open,
+            }))
         })
     }
 }
@@ -176,6 +181,25 @@ pub struct Counted<B> {
     inner: B,
     /// Where to count, until counted.
     pending: Option<(Arc<EdgeCounters>, Group)>,
+    /// For a stream: open until its reply is done with.
+    _open: Option<OpenStream>,
+}
+
+/// A streaming call in progress, counted in the open streams while it lives.
+#[derive(Debug)]
+struct OpenStream(Arc<EdgeCounters>);
+
+impl OpenStream {
+    fn new(counters: &Arc<EdgeCounters>) -> OpenStream {
+        counters.open_streams.fetch_add(1, Relaxed);
+        OpenStream(Arc::clone(counters))
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Relaxed);
+    }
 }
 
 impl<B> Counted<B> {

@@ -103,6 +103,8 @@ pub struct EdgeLayer {
 pub struct EdgeCounters {
     /// Every call by protocol, group and outcome.
     pub calls: CallCounts,
+    /// Streaming calls open now.
+    pub open_streams: std::sync::atomic::AtomicI64,
     /// Inference calls shed because every permit was taken.
     pub shed: AtomicU64,
     /// Calls answered DEADLINE_EXCEEDED by the edge's clock.

@@ -86,6 +86,11 @@ const GRPC: &[(&str, Group)] = &[
     (kserve::REPOSITORY_MODEL_UNLOAD, Group::ModelRepository),
 ];
 
+/// Whether `path` is a bidirectional streaming method (one call, many messages).
+pub fn is_stream(path: &str) -> bool {
+    path == v1::PREDICT_STREAM || path == kserve::MODEL_STREAM_INFER
+}
+
 /// The group of a call to `path` with `method`, on either transport.
 pub fn group(method: &Method, path: &str) -> Group {
     if let Some(&(_, group)) = GRPC.iter().find(|(p, _)| *p == path) {

@@ -251,6 +251,16 @@ pub fn render(sources: &Sources) -> String {
     );
     let edge = &sources.edge;
     page.family(
+        "predictd_open_streams",
+        Kind::Gauge,
+        "Streaming calls (PredictStream, ModelStreamInfer) open now.",
+    );
+    page.sample(
+        "predictd_open_streams",
+        &[],
+        edge.open_streams.load(Relaxed) as f64,
+    );
+    page.family(
         "predictd_requests_total",
         Kind::Counter,
         "Calls by protocol (grpc, http), endpoint group and outcome (the gRPC status name, or the HTTP status).",
