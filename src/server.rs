@@ -118,9 +118,6 @@ pub enum ServeError {
     /// The REST server failed.
     #[error("the REST server failed: {0}")]
     Http(std::io::Error),
-    /// The folder for uploaded models could not be made.
-    #[error("cannot make a folder for uploaded models: {0}")]
-    Uploads(std::io::Error),
 }
 
 /// The health service names of the inference services, as tonic routes them.
@@ -165,8 +162,7 @@ impl App {
             config.scheduler,
             config.open.clone(),
             config.lifecycle.clone(),
-        )
-        .map_err(ServeError::Uploads)?;
+        );
         Ok(App {
             config,
             registry,

@@ -1,5 +1,6 @@
 //! The one tower stack every call passes through, gRPC and REST alike, outermost first:
-//! request id → trace → deadline → limit (with shedding). [`EdgeLayer`] builds it once; the
+//! call counting ([`crate::edge::counting`]) → request id → trace → deadline → limit (with
+//! shedding). [`EdgeLayer`] builds it once; the
 //! server applies it to tonic and to axum. What a layer refuses becomes an [`ApiError`] and is
 //! answered in the caller's protocol, chosen by the transport's body type ([`Reply`]).
 //!

@@ -427,23 +427,24 @@ pub struct RepositoryError {
 /// models are skipped with a warning, never silently.
 pub fn discover(dir: &Path) -> Result<Catalog<PathBuf>, RepositoryError> {
     let mut catalog = Catalog::default();
-    for model_dir in sorted_dirs(dir).map_err(|error| RepositoryError {
-        path: dir.to_path_buf(),
-        error,
-    })? {
-        let Some(name) = model_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_owned)
-        else {
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        catalog.models.insert(name, discover_model(&model_dir)?);
+    for name in model_names(dir)? {
+        let entry = discover_model(&dir.join(&name))?;
+        catalog.models.insert(name, entry);
     }
     Ok(catalog)
+}
+
+/// The names of the model folders under `dir`, sorted; hidden folders are not models.
+pub fn model_names(dir: &Path) -> Result<Vec<String>, RepositoryError> {
+    let dirs = sorted_dirs(dir).map_err(|error| RepositoryError {
+        path: dir.to_path_buf(),
+        error,
+    })?;
+    Ok(dirs
+        .iter()
+        .filter_map(|d| d.file_name()?.to_str().map(str::to_owned))
+        .filter(|name| !name.starts_with('.'))
+        .collect())
 }
 
 /// Whether `name` can name a model folder of a repository: one plain path component, so that

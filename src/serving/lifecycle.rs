@@ -199,8 +199,9 @@ pub struct Lifecycle {
     scheduler: SchedulerConfig,
     open: OpenDefaults,
     config: LifecycleConfig,
-    /// Uploaded model files, copied here to be opened (removed with the server).
-    uploads: tempfile::TempDir,
+    /// Where uploaded model files are copied to be opened: made at the first upload (so that
+    /// a server that takes none needs no writable temporary folder), removed with the server.
+    uploads: PathBuf,
     state: Mutex<State>,
     /// Old copies whose requests are still finishing.
     retiring: Arc<watch::Sender<usize>>,
@@ -214,19 +215,22 @@ impl Lifecycle {
         scheduler: SchedulerConfig,
         open: OpenDefaults,
         config: LifecycleConfig,
-    ) -> std::io::Result<Lifecycle> {
-        Ok(Lifecycle {
+    ) -> Lifecycle {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let uploads =
+            std::env::temp_dir().join(format!("predictd-uploads-{}-{stamp}", std::process::id()));
+        Lifecycle {
             repository,
             registry,
             scheduler,
             open,
             config,
-            uploads: tempfile::Builder::new()
-                .prefix("predictd-uploads-")
-                .tempdir()?,
+            uploads,
             state: Mutex::default(),
             retiring: Arc::new(watch::Sender::new(0)),
-        })
+        }
     }
 
     /// The model control mode.
@@ -386,8 +390,8 @@ impl Lifecycle {
             .collect();
         if self.config.control != ModelControl::Explicit {
             let dir = self.repository.clone();
-            match blocking(move || repository::discover(&dir)).await {
-                Ok(found) => names.extend(found.models.into_keys()),
+            match blocking(move || repository::model_names(&dir)).await {
+                Ok(found) => names.extend(found),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot rescan the repository");
                     return;
@@ -602,7 +606,7 @@ impl Lifecycle {
         }
 
         // An upload is named as its parameter was, not by where its copy sits.
-        let shown = |path: &Path| match path.strip_prefix(self.uploads.path()) {
+        let shown = |path: &Path| match path.strip_prefix(&self.uploads) {
             Ok(copy) => format!(
                 "file:{}",
                 copy.components().skip(2).collect::<PathBuf>().display()
@@ -790,7 +794,7 @@ impl Lifecycle {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let dir = self.uploads.path().join(name).join(stamp.to_string());
+        let dir = self.uploads.join(name).join(stamp.to_string());
         for (key, _) in files {
             upload_version(key).map_err(|reason| LifecycleError::BadParameter {
                 model: name.to_string(),
@@ -815,7 +819,7 @@ impl Lifecycle {
 
     /// Deletes the copies of uploads no loaded model comes from: their bytes are in memory.
     fn forget_unused_uploads(&self, state: &State) {
-        let Ok(models) = std::fs::read_dir(self.uploads.path()) else {
+        let Ok(models) = std::fs::read_dir(&self.uploads) else {
             return;
         };
         for model in models.flatten() {
@@ -829,6 +833,13 @@ impl Lifecycle {
                 }
             }
         }
+    }
+}
+
+impl Drop for Lifecycle {
+    fn drop(&mut self) {
+        // Nothing to remove if nothing was ever uploaded.
+        let _ = std::fs::remove_dir_all(&self.uploads);
     }
 }
 
