@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::edge::layers::EdgeLayer;
+use crate::edge::layers::{Admission, EdgeLayer};
 use crate::engine::open::OpenDefaults;
 use crate::engine::repository::{self, RepositoryError};
 use crate::kserve::grpc::InferenceService;
@@ -223,17 +223,17 @@ impl App {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
         // One pool of permits for every inference request and stream message.
-        let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
+        let admission = Admission::new(config.max_concurrent_requests, Arc::default());
         let prediction = PredictionServiceServer::new(PredictionService::new(
             Arc::clone(&registry),
-            Arc::clone(&permits),
+            admission.clone(),
         ))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
         let inference = GrpcInferenceServiceServer::new(InferenceService::new(
             Arc::clone(&registry),
             Arc::clone(&lifecycle),
-            Arc::clone(&permits),
+            admission.clone(),
         ))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -257,7 +257,7 @@ impl App {
         };
         // The one stack both transports' calls pass through: request id, trace, deadline,
         // and the concurrency limit for inference calls.
-        let edge = EdgeLayer::new(config.request_timeout, Arc::clone(&permits));
+        let edge = EdgeLayer::new(config.request_timeout, admission);
         let sources = metrics::Sources {
             registry: Arc::clone(&registry),
             edge: edge.counters(),

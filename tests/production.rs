@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{
-    TestServer, heavy_json, heavy_request, http_post, raw_unary, wait_for_stats, write_heavy_model,
+    TestServer, heavy_json, heavy_request, http_get, http_post, raw_unary, wait_for_stats,
+    write_heavy_model,
 };
 use predictd::proto::predictd::v1 as pb;
 use predictd::server::ServeConfig;
@@ -229,6 +230,16 @@ async fn a_stream_takes_a_permit_per_message_and_survives_refusals() {
         refused > 0,
         "a stream cannot take more than the server's permits"
     );
+    // Each refused message is counted as shed.
+    let (_, page) = http_get(server.http_addr, "/metrics").await;
+    let shed = r#"predictd_edge_refused_total{reason="shed"} "#;
+    let counted: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix(shed))
+        .unwrap_or_else(|| panic!("no {shed} in\n{page}"))
+        .parse()
+        .unwrap();
+    assert_eq!(counted, f64::from(refused));
 }
 
 #[tokio::test]

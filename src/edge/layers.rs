@@ -95,7 +95,7 @@ impl Reply for axum::body::Body {
 #[derive(Debug, Clone)]
 pub struct EdgeLayer {
     request_timeout: Duration,
-    permits: Arc<Semaphore>,
+    admission: Admission,
     counters: Arc<EdgeCounters>,
 }
 
@@ -106,21 +106,47 @@ pub struct EdgeCounters {
     pub calls: CallCounts,
     /// Streaming calls open now.
     pub open_streams: std::sync::atomic::AtomicI64,
-    /// Inference calls shed because every permit was taken.
+    /// Inference calls and stream messages shed because every permit was taken.
     pub shed: AtomicU64,
     /// Calls answered DEADLINE_EXCEEDED by the edge's clock.
     pub timed_out: AtomicU64,
 }
 
+/// The server's concurrency permits, taken by inference calls of both transports and by each
+/// stream message; what finds none free is shed at once, and counted.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    permits: Arc<Semaphore>,
+    counters: Arc<EdgeCounters>,
+}
+
+impl Admission {
+    /// `permits` permits, counting into `counters`.
+    pub fn new(permits: usize, counters: Arc<EdgeCounters>) -> Admission {
+        Admission {
+            permits: Arc::new(Semaphore::new(permits)),
+            counters,
+        }
+    }
+
+    /// A permit, or `None` (counted as shed) if every one is taken.
+    pub fn try_admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
+        if permit.is_none() {
+            self.counters.shed.fetch_add(1, Relaxed);
+        }
+        permit
+    }
+}
+
 impl EdgeLayer {
     /// Requests last at most `request_timeout` (less if the client says so); inference calls
-    /// each hold one of `permits` (shared by both transports and by stream messages) or are
-    /// refused at once.
-    pub fn new(request_timeout: Duration, permits: Arc<Semaphore>) -> EdgeLayer {
+    /// each hold a permit of `admission` (shared with stream messages) or are refused at once.
+    pub fn new(request_timeout: Duration, admission: Admission) -> EdgeLayer {
         EdgeLayer {
             request_timeout,
-            permits,
-            counters: Arc::default(),
+            counters: Arc::clone(&admission.counters),
+            admission,
         }
     }
 
@@ -156,8 +182,7 @@ impl<S> Layer<S> for EdgeLayer {
     fn layer(&self, inner: S) -> Self::Service {
         let limited = LimitService {
             inner,
-            permits: Arc::clone(&self.permits),
-            counters: Arc::clone(&self.counters),
+            admission: self.admission.clone(),
         };
         let deadline = DeadlineService {
             inner: limited,
@@ -265,8 +290,7 @@ where
 #[derive(Debug, Clone)]
 pub struct LimitService<S> {
     inner: S,
-    permits: Arc<Semaphore>,
-    counters: Arc<EdgeCounters>,
+    admission: Admission,
 }
 
 impl<S, B, R> Service<Request<B>> for LimitService<S>
@@ -288,8 +312,7 @@ where
         if routes::group(request.method(), request.uri().path()) != Group::Inference {
             return Box::pin(self.inner.call(request));
         }
-        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
-            self.counters.shed.fetch_add(1, Relaxed);
+        let Some(permit) = self.admission.try_admit() else {
             return Box::pin(std::future::ready(Ok(R::error(overloaded()))));
         };
         let call = self.inner.call(request);

@@ -5,14 +5,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt, stream};
-use tokio::sync::Semaphore;
 use tonic::{Request, Status, Streaming};
 
-use crate::edge::layers::{Deadlines, deadline_exceeded, overloaded};
+use crate::edge::layers::{Admission, Deadlines, deadline_exceeded, overloaded};
 
 /// How many messages of one stream may be in flight at once. The window lets a stream keep the
 /// model's workers busy instead of waiting on each round trip.
@@ -38,7 +36,7 @@ pub fn deadlines<T>(request: &Request<T>) -> Deadlines {
 /// ends the stream: the transport is broken.
 pub fn answer_in_order<M, R, F, Fut>(
     request: Request<Streaming<M>>,
-    permits: Arc<Semaphore>,
+    admission: Admission,
     answer: F,
     refuse: fn(M, Status) -> R,
 ) -> ReplyStream<R>
@@ -52,15 +50,15 @@ where
     let replies = request
         .into_inner()
         .map(move |message| {
-            let permits = Arc::clone(&permits);
+            let admission = admission.clone();
             let answer = answer.clone();
             async move {
                 let message = message?;
                 // Each message answers by the stream's deadline or --request-timeout.
                 let deadline = deadlines.for_work_starting(Instant::now());
-                Ok(match permits.try_acquire_owned() {
-                    Ok(_permit) => answer(message, deadline).await,
-                    Err(_) => refuse(message, overloaded().into()),
+                Ok(match admission.try_admit() {
+                    Some(_permit) => answer(message, deadline).await,
+                    None => refuse(message, overloaded().into()),
                 })
             }
         })

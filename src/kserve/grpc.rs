@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::Semaphore;
+use crate::edge::layers::Admission;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::edge::status::status;
@@ -32,21 +32,17 @@ pub struct InferenceService {
     lifecycle: Arc<Lifecycle>,
     /// The server's concurrency permits, shared with every inference service; each stream
     /// message takes one.
-    permits: Arc<Semaphore>,
+    admission: Admission,
 }
 
 impl InferenceService {
     /// A service answering from `registry`, changing it through `lifecycle`, and sharing the
     /// server's concurrency `permits`.
-    pub fn new(
-        registry: Arc<Registry>,
-        lifecycle: Arc<Lifecycle>,
-        permits: Arc<Semaphore>,
-    ) -> Self {
+    pub fn new(registry: Arc<Registry>, lifecycle: Arc<Lifecycle>, admission: Admission) -> Self {
         InferenceService {
             registry,
             lifecycle,
-            permits,
+            admission,
         }
     }
 }
@@ -248,7 +244,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
         };
         Ok(Response::new(answer_in_order(
             request,
-            Arc::clone(&self.permits),
+            self.admission.clone(),
             answer,
             stream_error,
         )))

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::Semaphore;
+use crate::edge::layers::Admission;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::edge::status::{status, to_rpc};
@@ -21,13 +21,16 @@ pub struct PredictionService {
     registry: Arc<Registry>,
     /// The server's concurrency permits. Unary calls take theirs in the tower stack; each
     /// stream message takes one here, so one stream cannot starve unary clients.
-    permits: Arc<Semaphore>,
+    admission: Admission,
 }
 
 impl PredictionService {
     /// A service answering from `registry`, sharing the server's concurrency `permits`.
-    pub fn new(registry: Arc<Registry>, permits: Arc<Semaphore>) -> Self {
-        PredictionService { registry, permits }
+    pub fn new(registry: Arc<Registry>, admission: Admission) -> Self {
+        PredictionService {
+            registry,
+            admission,
+        }
     }
 }
 
@@ -120,7 +123,7 @@ impl pb::prediction_service_server::PredictionService for PredictionService {
         };
         Ok(Response::new(answer_in_order(
             request,
-            Arc::clone(&self.permits),
+            self.admission.clone(),
             answer,
             refuse,
         )))
