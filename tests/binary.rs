@@ -1,5 +1,5 @@
 //! The `predictd` binary as an operator runs it: SIGTERM drains calls in flight and exits 0,
-//! and every log line of a call carries its request id.
+//! and every log line of a call carries its request id and the caller's trace id.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -84,6 +84,10 @@ async fn sigterm_drains_calls_in_flight_and_exits_zero() {
         request
             .metadata_mut()
             .insert("x-request-id", format!("drain-{i}").parse().unwrap());
+        let traceparent = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b{i}-01");
+        request
+            .metadata_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
         in_flight.push(tokio::spawn(async move { client.predict(request).await }));
     }
     // Once one has run, the others are queued behind it on the only worker.
@@ -91,6 +95,10 @@ async fn sigterm_drains_calls_in_flight_and_exits_zero() {
     assert!(
         ran.contains("\"request_id\":\"drain-"),
         "worker log lines carry the request id: {ran}"
+    );
+    assert!(
+        ran.contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\""),
+        "and the caller's W3C trace id: {ran}"
     );
 
     let status = Command::new("kill")

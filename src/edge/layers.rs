@@ -30,6 +30,7 @@ use tracing::Level;
 use crate::edge::counting::{CallCounts, CountService};
 use crate::edge::routes::{self, Group};
 use crate::edge::status::ApiError;
+use crate::edge::trace_context;
 use crate::error::ErrorKind;
 
 /// The deadlines of one request, put in its extensions by [`DeadlineService`].
@@ -211,12 +212,22 @@ pub struct CallSpan;
 
 impl<B> MakeSpan<B> for CallSpan {
     fn make_span(&mut self, request: &Request<B>) -> tracing::Span {
-        let id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        tracing::info_span!("call", request_id = %id, rpc = %request.uri().path())
+        let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let id = header("x-request-id").unwrap_or("");
+        // The caller's W3C trace, if it sent one, so that its log lines can be found by it.
+        let parent = header("traceparent").and_then(trace_context::parse);
+        let span = tracing::info_span!(
+            "call",
+            request_id = %id,
+            rpc = %request.uri().path(),
+            trace_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        if let Some(parent) = parent {
+            span.record("trace_id", parent.trace_id);
+            span.record("parent_span_id", parent.parent_id);
+        }
+        span
     }
 }
 

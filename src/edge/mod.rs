@@ -8,3 +8,4 @@ pub mod routes;
 pub mod status;
 pub mod stream;
 pub mod trace;
+pub mod trace_context;
