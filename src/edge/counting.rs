@@ -142,8 +142,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let group = routes::group(request.method(), request.uri().path());
+        // Noted for the layers inside, which decide by group too.
+        request.extensions_mut().insert(group);
         let grpc = request
             .headers()
             .get(http::header::CONTENT_TYPE)

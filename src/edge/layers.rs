@@ -269,12 +269,11 @@ where
             .and_then(parse_grpc_timeout)
             .map(|t| now + t.saturating_sub(AHEAD_OF_TONIC));
         // A model load takes as long as the model does: only the client's deadline bounds it.
-        let request_timeout =
-            if routes::group(request.method(), request.uri().path()) == Group::ModelRepository {
-                REPOSITORY_TIMEOUT
-            } else {
-                self.request_timeout
-            };
+        let request_timeout = if routes::group_of(&request) == Group::ModelRepository {
+            REPOSITORY_TIMEOUT
+        } else {
+            self.request_timeout
+        };
         let deadlines = Deadlines {
             client,
             request_timeout,
@@ -320,7 +319,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if routes::group(request.method(), request.uri().path()) != Group::Inference {
+        if routes::group_of(&request) != Group::Inference {
             return Box::pin(self.inner.call(request));
         }
         let Some(permit) = self.admission.try_admit() else {

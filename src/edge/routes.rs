@@ -91,6 +91,16 @@ pub fn is_stream(path: &str) -> bool {
     path == v1::PREDICT_STREAM || path == kserve::MODEL_STREAM_INFER
 }
 
+/// The group of `request`: as the outermost layer noted it in the request's extensions, so
+/// that each call is looked up once, or looked up now.
+pub fn group_of<B>(request: &http::Request<B>) -> Group {
+    request
+        .extensions()
+        .get::<Group>()
+        .copied()
+        .unwrap_or_else(|| group(request.method(), request.uri().path()))
+}
+
 /// The group of a call to `path` with `method`, on either transport.
 pub fn group(method: &Method, path: &str) -> Group {
     if let Some(&(_, group)) = GRPC.iter().find(|(p, _)| *p == path) {

@@ -674,12 +674,17 @@ impl Lifecycle {
             .into_iter()
             .filter(|s| !kept.iter().any(|k| Arc::ptr_eq(k.model(), s.model())))
             .collect();
+        let serving: Vec<u64> = versions
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Ready(_)))
+            .map(|(v, _)| *v)
+            .collect();
         let mut entry = ModelEntry::new(config, versions);
         entry.failed_reloads = failed_reloads;
         self.registry.replace(name, Some(entry));
         tracing::info!(
             model = name,
-            versions = ?ready_versions_of(&self.registry, name),
+            versions = ?serving,
             retiring = leaving.len(),
             "model applied"
         );
@@ -889,10 +894,6 @@ fn ready_versions(entry: &ModelEntry<Scheduler>) -> Vec<(u64, Scheduler)> {
             _ => None,
         })
         .collect()
-}
-
-fn ready_versions_of(registry: &Registry, name: &str) -> Vec<u64> {
-    registry.snapshot().ready_versions(name).collect()
 }
 
 fn ready(entry: &ModelEntry<Scheduler>) -> Vec<Scheduler> {
