@@ -8,7 +8,7 @@ use std::path::Path;
 /// on a 32 MiB model with two plans: +101 MiB at the peak of a load, 1.6 per byte per plan
 /// (docs/PERFORMANCE.md, "Memory during a reload"); rounded up.
 pub const BYTES_PER_FILE_BYTE_PER_PLAN: u64 = 2;
-/// What any load costs beyond its weights: threads, plans' scratch, tract's tables.
+/// What any load costs beyond its weights: threads, plans' scratch, the engine's tables.
 pub const BASE_BYTES: u64 = 8 << 20;
 
 /// The memory a model opened from `file_bytes` with `plans` plans is expected to take.
