@@ -5,6 +5,8 @@ use std::{env, path::PathBuf};
 
 /// The .proto files that define predictd's services, relative to `proto/`.
 const PROTOS: &[&str] = &["predictd/v1/predict.proto", "inference/grpc_service.proto"];
+/// OpenTelemetry's trace collector service (OTLP), vendored from opentelemetry-proto v1.11.0.
+const OTLP_PROTOS: &[&str] = &["opentelemetry/proto/collector/trace/v1/trace_service.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -30,6 +32,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".inference.ModelInferRequest.raw_input_contents")
         .bytes(".inference.ModelInferResponse.raw_output_contents")
         .compile_fds(descriptors)?;
+
+    // OpenTelemetry's collector protocol, for exporting traces (the client) and for tests'
+    // receivers (the server). Kept out of the reflection set: predictd does not serve it.
+    let otlp = protox::Compiler::new(["proto"])?
+        .include_imports(true)
+        .open_files(OTLP_PROTOS)?
+        .file_descriptor_set();
+    tonic_prost_build::configure()
+        .bytes(".opentelemetry.proto.trace.v1.Span.trace_id")
+        .bytes(".opentelemetry.proto.trace.v1.Span.span_id")
+        .bytes(".opentelemetry.proto.trace.v1.Span.parent_span_id")
+        .bytes(".opentelemetry.proto.trace.v1.Span.Link.trace_id")
+        .bytes(".opentelemetry.proto.trace.v1.Span.Link.span_id")
+        .compile_fds(otlp)?;
     Ok(())
 }
 

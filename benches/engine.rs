@@ -119,7 +119,7 @@ fn scheduler(c: &mut Criterion) {
     .unwrap();
     c.bench_function("scheduler/diabetes_linear/1", |b| {
         b.iter(|| {
-            let reply = scheduler.submit(valid.clone(), None).unwrap();
+            let reply = scheduler.submit(valid.clone(), None, None).unwrap();
             black_box(reply.blocking_recv().unwrap().unwrap())
         })
     });

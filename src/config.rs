@@ -13,6 +13,7 @@ use crate::server::{Http2Config, ServeConfig};
 use crate::serving::lifecycle::{LifecycleConfig, ModelControl};
 use crate::serving::memory::Budget;
 use crate::serving::scheduler::SchedulerConfig;
+use crate::traces::otlp::{OtlpConfig, Protocol};
 
 /// The defaults of `predictd serve`: the one place they are set. The flags show them in
 /// `--help`, and [`ServeConfig::new`] starts from them.
@@ -268,6 +269,18 @@ pub struct ServeArgs {
     /// Also serve /metrics on this address, for a scraper kept off the API port.
     #[arg(long, env = "PREDICTD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Export traces of inference calls to this OpenTelemetry collector (http://host:port)
+    /// [default: no tracing].
+    #[arg(long, env = "PREDICTD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// How traces travel to the collector: grpc or http/protobuf (path /v1/traces unless the
+    /// endpoint names one).
+    #[arg(long, default_value = "grpc", env = "PREDICTD_OTLP_PROTOCOL")]
+    pub otlp_protocol: Protocol,
+    /// The share of calls without a sampled traceparent that are traced, 0 to 1; a caller's
+    /// sampled traceparent is always followed.
+    #[arg(long, default_value_t = 1.0, env = "PREDICTD_TRACE_SAMPLING_RATIO")]
+    pub trace_sampling_ratio: f64,
 }
 
 /// A size in bytes: a number, optionally with KiB, MiB, GiB (or KB, MB, GB, powers of ten).
@@ -328,6 +341,12 @@ impl ServeArgs {
                 reason: format!("{} is not a folder", self.models.display()),
             });
         }
+        if !(0.0..=1.0).contains(&self.trace_sampling_ratio) {
+            return Err(ConfigError {
+                flag: "trace-sampling-ratio",
+                reason: format!("must be between 0 and 1, got {}", self.trace_sampling_ratio),
+            });
+        }
         let request_timeout: Duration = self.request_timeout.into();
         if request_timeout.is_zero() {
             return Err(ConfigError {
@@ -362,6 +381,17 @@ impl ServeArgs {
             },
             lifecycle: self.lifecycle()?,
             metrics: self.metrics,
+            traces: self
+                .otlp_endpoint
+                .as_deref()
+                .map(|endpoint| {
+                    OtlpConfig::new(endpoint, self.otlp_protocol, self.trace_sampling_ratio)
+                })
+                .transpose()
+                .map_err(|reason| ConfigError {
+                    flag: "otlp-endpoint",
+                    reason,
+                })?,
         })
     }
 

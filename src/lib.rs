@@ -3,6 +3,7 @@
 //! Layers, each using only those below it:
 //! - [`engine`]: tensors, signatures, opening and running models (the only folder that names
 //!   the ONNX runtime underneath); a plain library shared by `predictd serve`, `predictd batch` and Python.
+//! - [`traces`]: W3C trace context in, OTLP spans out (used by the layers above it).
 //! - [`serving`]: schedulers, counters, the live registry and the protocol-neutral request path.
 //! - [`v1`], [`kserve`]: one folder per protocol, wire ⇄ tensors and services; [`metrics`]: the
 //!   Prometheus page, read from the same counters.
@@ -21,4 +22,5 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod serving;
+pub mod traces;
 pub mod v1;

@@ -24,6 +24,45 @@ pub mod google {
     }
 }
 
+/// OpenTelemetry's protocol (OTLP), nested as its packages are so that the generated paths
+/// between them resolve.
+pub mod opentelemetry {
+    /// `opentelemetry.proto`.
+    pub mod proto {
+        /// Attribute values and instrumentation scopes.
+        pub mod common {
+            /// Version 1.
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.common.v1");
+            }
+        }
+        /// What produced the telemetry.
+        pub mod resource {
+            /// Version 1.
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.resource.v1");
+            }
+        }
+        /// Spans.
+        pub mod trace {
+            /// Version 1.
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.trace.v1");
+            }
+        }
+        /// The services collectors offer.
+        pub mod collector {
+            /// Traces.
+            pub mod trace {
+                /// Version 1.
+                pub mod v1 {
+                    tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
+                }
+            }
+        }
+    }
+}
+
 /// The path of every gRPC method in `proto/`, by service: `methods::prediction_service::PREDICT`
 /// is `"/predictd.v1.PredictionService/Predict"`.
 pub mod methods {

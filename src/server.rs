@@ -27,6 +27,8 @@ use crate::serving::lifecycle::{Lifecycle, LifecycleConfig, ModelControl, listen
 use crate::serving::memory::Budget;
 use crate::serving::registry::Registry;
 use crate::serving::scheduler::SchedulerConfig;
+use crate::traces::Tracer;
+use crate::traces::otlp::{self, OtlpConfig};
 use crate::v1::service::PredictionService;
 
 /// Everything `serve` needs to know, validated.
@@ -53,6 +55,8 @@ pub struct ServeConfig {
     pub lifecycle: LifecycleConfig,
     /// Whether `/metrics` is served.
     pub metrics: bool,
+    /// Where traces are exported, if anywhere.
+    pub traces: Option<OtlpConfig>,
 }
 
 /// Transport settings.
@@ -99,6 +103,7 @@ impl ServeConfig {
                 budget: Budget::default(),
             },
             metrics: true,
+            traces: None,
         }
     }
 }
@@ -119,6 +124,9 @@ pub enum ServeError {
     #[error("the REST server failed: {0}")]
     Http(std::io::Error),
 }
+
+/// How long the spans still queued at shutdown may take to reach the collector.
+const EXPORT_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// The health service names of the inference services, as tonic routes them.
 const PREDICTION: &str = <PredictionServiceServer<PredictionService> as NamedService>::NAME;
@@ -257,10 +265,13 @@ impl App {
         };
         // The one stack both transports' calls pass through: request id, trace, deadline,
         // and the concurrency limit for inference calls.
-        let edge = EdgeLayer::new(config.request_timeout, admission);
+        let (tracer, exporter) = config.traces.as_ref().map(otlp::start).unzip();
+        let traces = tracer.as_ref().map(Tracer::counters);
+        let edge = EdgeLayer::new(config.request_timeout, admission, tracer);
         let sources = metrics::Sources {
             registry: Arc::clone(&registry),
             edge: edge.counters(),
+            traces,
         };
         let mut http_routes = rest::router(
             Arc::clone(&registry),
@@ -317,6 +328,10 @@ impl App {
         // No model changes once draining is over: the catalog is closed next.
         changes.abort();
         join_workers(&registry, grace).await;
+        // The spans of the last calls, sent before the process ends.
+        if let Some(exporter) = exporter {
+            exporter.finish(EXPORT_AT_EXIT).await;
+        }
         Ok(())
     }
 }

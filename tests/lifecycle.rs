@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     TestServer, heavy_request, http_post, publish_model_file, scale_model, scale_of, scale_request,
@@ -592,21 +592,29 @@ async fn a_load_goes_on_when_its_client_gives_up_and_loads_run_one_at_a_time() {
     publish_model_file(dir.path(), "scale", 1, &scale_model(1.0));
     let server = TestServer::start_with(explicit_config(dir.path(), &["scale"])).await;
     let mut client = KServe::new(server.channel.clone());
-    let mut hasty = tonic::Request::new(kserve::RepositoryModelLoadRequest {
-        model_name: "heavy".into(),
-        ..Default::default()
-    });
-    hasty.set_timeout(Duration::from_millis(1));
-    let gave_up = client
-        .repository_model_load(hasty)
-        .await
-        .expect_err("1 ms is too short");
+    // The client gives up once the load has begun (the version shows LOADING): a deadline
+    // alone could expire before the call reaches the server, and test nothing.
+    let mut hasty_client = client.clone();
+    let hasty = tokio::spawn(async move { load(&mut hasty_client, "heavy", vec![]).await });
+    let began = Instant::now();
+    loop {
+        let listed = index(&mut client).await;
+        if listed
+            .get(&("heavy".into(), "1".into()))
+            .is_some_and(|(state, _)| state == "LOADING")
+        {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the load never showed LOADING: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    hasty.abort();
     assert!(
-        matches!(
-            gave_up.code(),
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-        ),
-        "{gave_up:?}"
+        hasty.await.unwrap_err().is_cancelled(),
+        "the client gave up before the answer"
     );
     // Changes run one at a time: once these two loads of one model, sent together, are done,
     // so is the abandoned one.

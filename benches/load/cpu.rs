@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use crate::runs::Target;
-use crate::{BARE_THREADS, CLIENT_THREADS, NOBATCH_THREADS};
+use crate::{BARE_THREADS, CLIENT_THREADS, NOBATCH_THREADS, TRACED_THREADS};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Cpu {
@@ -12,6 +12,7 @@ pub(crate) struct Cpu {
     /// and model workers); and the bare server's runtime.
     served: u64,
     nobatch: u64,
+    traced: u64,
     bare: u64,
     /// Clock ticks of this process (all threads) and of its waited-for children (h2load).
     self_ticks: u64,
@@ -47,22 +48,27 @@ pub(crate) fn threads_cpu_ns(pick: impl Fn(u64, &str) -> bool) -> u64 {
     total
 }
 
-/// `nobatch_workers`: the model worker threads of the batching-off instance.
-pub(crate) fn cpu_now(nobatch_workers: &HashSet<u64>) -> Cpu {
+/// `nobatch_workers`, `traced_workers`: the model worker threads of the batching-off and the
+/// tracing instances.
+pub(crate) fn cpu_now(nobatch_workers: &HashSet<u64>, traced_workers: &HashSet<u64>) -> Cpu {
     let main_tid = std::process::id();
     let main_comm =
         std::fs::read_to_string(format!("/proc/self/task/{main_tid}/comm")).unwrap_or_default();
     let main_comm = main_comm.trim_end();
     let nobatch =
         |tid: u64, comm: &str| comm.starts_with(NOBATCH_THREADS) || nobatch_workers.contains(&tid);
+    let traced =
+        |tid: u64, comm: &str| comm.starts_with(TRACED_THREADS) || traced_workers.contains(&tid);
     let mut cpu = Cpu {
         bare: threads_cpu_ns(|_, comm| comm.starts_with(BARE_THREADS)),
         nobatch: threads_cpu_ns(nobatch),
+        traced: threads_cpu_ns(traced),
         // The served runtime and the model workers (named after their models).
         served: threads_cpu_ns(|tid, comm| {
             !comm.starts_with(BARE_THREADS)
                 && !comm.starts_with(CLIENT_THREADS)
                 && !nobatch(tid, comm)
+                && !traced(tid, comm)
                 && comm != main_comm
         }),
         ..Cpu::default()
@@ -119,6 +125,7 @@ pub(crate) fn cpu_used(
     let server = match target {
         Target::Served | Target::Scraped => after.served.saturating_sub(before.served),
         Target::NoBatch => after.nobatch.saturating_sub(before.nobatch),
+        Target::Traced => after.traced.saturating_sub(before.traced),
         Target::Bare => after.bare.saturating_sub(before.bare),
     };
     let ours =

@@ -18,7 +18,13 @@
 //! 3. **nobatch**: a second instance, the same defaults but `max_batch_size = 0` (batching off),
 //!    on its own runtime (threads `nobatch-rt`). To keep the run short it is driven by `rust-h2`
 //!    only, at every `LOAD_CONCURRENCY` point, back to back with served and bare;
-//! 4. **bare**: a minimal tonic server implementing the same generated `PredictionService`
+//! 4. **traced**: a third instance like the first, tracing 1% of calls (`TRACE_RATIO`, new
+//!    traces sampled by the server) and exporting them over OTLP/gRPC to a collector on its own
+//!    runtime that counts and drops them; rust-h2 only, like nobatch. Traced ÷ served req/s is
+//!    what tracing costs; served run while `/metrics` is rendered every 100 ms ÷ served
+//!    without is what metrics cost (the counters are always kept: they feed the statistics
+//!    RPC too);
+//! 5. **bare**: a minimal tonic server implementing the same generated `PredictionService`
 //!    trait, whose `predict` returns a pre-built copy of one real reply of that model. The
 //!    served ÷ bare ratio at the same concurrency is our cost above the RPC stack.
 //!
@@ -91,9 +97,9 @@
 //! | `LOAD_PREFERRED_BATCH_SIZES` | (server default, `1`) | the servers' `preferred_batch_sizes`; empty: none |
 //!
 //! Slow models (`wine_forest`: ~200 µs a row in tract today) run only at concurrency ≤ 4, to keep
-//! the run short. With the defaults each model takes 18 load runs of ~5.6 s (rust-h2: 4 points
-//! × served, nobatch, bare; tonic: 1 × 2; h2load: 2 × 2), so the whole run takes about 3½
-//! minutes after compiling (about 2¾ without h2load), in-process measurements included.
+//! the run short. With the defaults each model takes 26 load runs of ~5.6 s (rust-h2: 4 points
+//! × served, scraped, traced, nobatch, bare; tonic: 1 × 2; h2load: 2 × 2), so the whole run
+//! takes about 5 minutes after compiling, in-process measurements included.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../tests/common/mod.rs"]
@@ -148,6 +154,9 @@ const REQUEST_ID: &str = "load";
 /// Thread-name prefixes of the runtimes, for CPU accounting (Linux keeps 15 characters).
 const SERVED_THREADS: &str = "srv-rt";
 const NOBATCH_THREADS: &str = "nobatch-rt";
+const TRACED_THREADS: &str = "traced-rt";
+/// The share of calls the tracing instance traces.
+const TRACE_RATIO: f64 = 0.01;
 const BARE_THREADS: &str = "bare-rt";
 const CLIENT_THREADS: &str = "load-rt";
 
@@ -230,10 +239,18 @@ fn main() {
     };
     eprintln!("starting predictd (batching on)...");
     let load_started = Instant::now();
-    let served = start_served(repo.path(), &client_rt, true, SERVED_THREADS);
+    let served = start_served(repo.path(), &client_rt, true, None, SERVED_THREADS);
     let startup = load_started.elapsed();
     eprintln!("starting predictd (batching off)...");
-    let nobatch = start_served(repo.path(), &client_rt, false, NOBATCH_THREADS);
+    let nobatch = start_served(repo.path(), &client_rt, false, None, NOBATCH_THREADS);
+    eprintln!("starting predictd (tracing {:.0}% of calls)...", TRACE_RATIO * 100.0);
+    let traced = start_served(
+        repo.path(),
+        &client_rt,
+        true,
+        Some(TRACE_RATIO),
+        TRACED_THREADS,
+    );
 
     // One real reply per model: the bare server's reply, and what a good reply looks like.
     let mut requests: BTreeMap<String, Arc<pb::PredictRequest>> = BTreeMap::new();
@@ -309,6 +326,7 @@ fn main() {
                     &[
                         Target::Served,
                         Target::Scraped,
+                        Target::Traced,
                         Target::NoBatch,
                         Target::Bare,
                     ]
@@ -318,6 +336,7 @@ fn main() {
                 for &target in targets {
                     let (addr, instance) = match target {
                         Target::Served | Target::Scraped => (served.running.addr, Some(&served)),
+                        Target::Traced => (traced.running.addr, Some(&traced)),
                         Target::NoBatch => (nobatch.running.addr, Some(&nobatch)),
                         Target::Bare => (bare.addr, None),
                     };
@@ -329,7 +348,7 @@ fn main() {
                     let scraper =
                         (target == Target::Scraped).then(|| scrape_until_stopped(&served));
                     let stats_before = instance.map(|i| i.stats(name));
-                    let before = cpu_now(&nobatch.worker_tids);
+                    let before = cpu_now(&nobatch.worker_tids, &traced.worker_tids);
                     let started = Instant::now();
                     let outcome = match client {
                         Client::Rust => {
@@ -367,7 +386,7 @@ fn main() {
                     if let Some(scrapes) = scraper.map(Scraper::stop) {
                         eprintln!("{scrapes} scrapes of /metrics during the run");
                     }
-                    let after = cpu_now(&nobatch.worker_tids);
+                    let after = cpu_now(&nobatch.worker_tids, &traced.worker_tids);
                     let stats_after = instance.map(|i| i.stats(name));
                     let Some((mut tally, client_ns)) = outcome else {
                         continue;
@@ -405,7 +424,14 @@ fn main() {
         .iter()
         .map(|name| (name.clone(), served.model(name)))
         .collect();
+    if let Some(spans) = &traced.spans {
+        notes.push(format!(
+            "the tracing instance's collector received {} spans",
+            spans.load(std::sync::atomic::Ordering::Relaxed)
+        ));
+    }
     drop(bare);
+    drop(traced);
     drop(nobatch);
     drop(served);
 

@@ -260,6 +260,21 @@ pub(crate) fn report(
                 scraped.join(", ")
             );
         }
+        let traced: Vec<String> = combined
+            .iter()
+            .filter(|((n, _, t, c), _)| n == name && *t == Target::Traced && *c == Client::Rust)
+            .filter_map(|((_, conc, _, _), on)| {
+                let off = get(name, *conc, Target::Served, Client::Rust)?;
+                Some(format!("c={conc} {}", ratio(on.req_per_s, off.req_per_s)))
+            })
+            .collect();
+        if !traced.is_empty() {
+            let _ = writeln!(
+                out,
+                "  tracing 1% of calls ÷ no tracing req/s via rust-h2: {}",
+                traced.join(", ")
+            );
+        }
         let inproc = &in_proc[name];
         let find = |rows: usize, threads: usize| {
             inproc

@@ -9,6 +9,9 @@ pub(crate) enum Target {
     /// The same server while `/metrics` is rendered ten times a second (a scrape every
     /// 100 ms, ten times the usual rate).
     Scraped,
+    /// A third predictd instance, like the first but tracing 1% of calls
+    /// (`TRACE_RATIO`) to an OTLP collector beside it.
+    Traced,
     /// predictd with batching off (`max_batch_size = 0`).
     NoBatch,
     /// The bare tonic server.
@@ -20,6 +23,7 @@ impl Target {
         match self {
             Target::Served => "served",
             Target::Scraped => "scraped",
+            Target::Traced => "traced",
             Target::NoBatch => "nobatch",
             Target::Bare => "bare",
         }

@@ -4,11 +4,17 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use predictd::engine::model::Model;
 use predictd::proto::predictd::v1 as pb;
+use predictd::proto::opentelemetry::proto::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::{TraceService, TraceServiceServer},
+};
 use predictd::server::{App, ServeConfig};
+use predictd::traces::otlp::{OtlpConfig, Protocol};
 use predictd::serving::registry::Registry;
 use predictd::serving::stats::StatsSnapshot;
 use tokio::net::TcpListener;
@@ -58,6 +64,8 @@ pub(crate) struct Served {
     /// Its model worker threads, by thread id: both instances name them alike
     /// (`<model>-v<version>-<i>`), so the CPU accounting tells them apart by id.
     pub(crate) worker_tids: HashSet<u64>,
+    /// Spans its collector received, when it traces.
+    pub(crate) spans: Option<Arc<AtomicU64>>,
 }
 
 impl Served {
@@ -66,6 +74,7 @@ impl Served {
         predictd::metrics::Sources {
             registry: Arc::clone(&self.registry),
             edge: Arc::default(),
+            traces: None,
         }
     }
 
@@ -107,6 +116,7 @@ pub(crate) fn start_served(
     models: &Path,
     client: &ClientRuntime,
     batching: bool,
+    trace_ratio: Option<f64>,
     runtime_name: &str,
 ) -> Served {
     let threads_before = thread_ids();
@@ -118,6 +128,13 @@ pub(crate) fn start_served(
     if !batching {
         config.scheduler.max_batch_size = 0;
     }
+    // Tracing exports to a collector on the server's runtime (as an agent beside it would
+    // share its machine), one that counts the spans and drops them.
+    let spans = trace_ratio.map(|ratio| {
+        let (endpoint, spans) = runtime.block_on(start_collector());
+        config.traces = Some(OtlpConfig::new(&endpoint, Protocol::Grpc, ratio).unwrap());
+        spans
+    });
     if let Ok(sizes) = std::env::var("LOAD_PREFERRED_BATCH_SIZES") {
         config.open.preferred_batch_sizes = sizes
             .split(',')
@@ -157,7 +174,43 @@ pub(crate) fn start_served(
         },
         registry,
         worker_tids,
+        spans,
     }
+}
+
+/// Counts the spans it receives.
+struct Collector(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let spans: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.0.fetch_add(spans as u64, Relaxed);
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// An OTLP/gRPC collector on 127.0.0.1:0: its endpoint and its count of spans.
+async fn start_collector() -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spans = Arc::new(AtomicU64::new(0));
+    let service = TraceServiceServer::new(Collector(Arc::clone(&spans)));
+    tokio::spawn(
+        Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    (format!("http://{addr}"), spans)
 }
 
 /// The RPC stack and nothing else: `predict` returns a pre-built reply.

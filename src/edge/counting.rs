@@ -1,7 +1,9 @@
-//! Counts every call by protocol, endpoint group and outcome — the gRPC status or the HTTP
-//! status — as the outermost layer of the edge, so refusals by the layers inside are counted
-//! too. A gRPC call's status may only come in its trailers, so the reply body is wrapped and
-//! the call counted when they pass (or as CANCELLED, if the reply is dropped unfinished).
+//! Where every call's outcome is known: counts each call by protocol, endpoint group and
+//! outcome — the gRPC status or the HTTP status — and ends the span of a sampled inference
+//! call ([`RequestSpan`]). It is the outermost layer of the edge, so refusals by the layers
+//! inside are counted and traced too. A gRPC call's status may only come in its trailers, so
+//! the reply body is wrapped and the call counted when they pass (or as CANCELLED, if the reply
+//! is dropped unfinished).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +15,10 @@ use http_body::{Body, Frame, SizeHint};
 use tower::Service;
 
 use crate::edge::layers::EdgeCounters;
+use crate::edge::request_span::RequestSpan;
 use crate::edge::routes::{self, Group};
+use crate::traces::Tracer;
+use crate::traces::context;
 
 /// The gRPC status names, by code.
 pub const GRPC_CODES: [&str; 17] = [
@@ -111,17 +116,23 @@ impl CallCounts {
     }
 }
 
-/// Counts each call `inner` answers into the edge's counters.
+/// Counts each call `inner` answers into the edge's counters, and traces the inference calls
+/// `tracer` samples.
 #[derive(Debug, Clone)]
 pub struct CountService<S> {
     inner: S,
     counters: Arc<EdgeCounters>,
+    tracer: Option<Tracer>,
 }
 
 impl<S> CountService<S> {
-    /// `inner`, counted into `counters`.
-    pub fn new(inner: S, counters: Arc<EdgeCounters>) -> CountService<S> {
-        CountService { inner, counters }
+    /// `inner`, counted into `counters` and traced by `tracer`.
+    pub fn new(inner: S, counters: Arc<EdgeCounters>, tracer: Option<Tracer>) -> CountService<S> {
+        CountService {
+            inner,
+            counters,
+            tracer,
+        }
     }
 }
 
@@ -150,19 +161,45 @@ where
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        // The caller's W3C trace: its log lines name it, and it decides whether we trace.
+        let parent = request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(context::parse);
+        if let Some(parent) = parent {
+            request.extensions_mut().insert(parent);
+        }
+        let span = match &self.tracer {
+            Some(tracer) if group == Group::Inference => {
+                RequestSpan::start(tracer, parent.as_ref(), grpc, &mut request)
+            }
+            _ => None,
+        };
         let counters = Arc::clone(&self.counters);
         let open = routes::is_stream(request.uri().path()).then(|| OpenStream::new(&counters));
         let call = self.inner.call(request);
         Box::pin(async move {
             let response = call.await?;
             let pending = if !grpc {
-                counters.calls.http(group, response.status().as_u16());
+                let status = response.status().as_u16();
+                counters.calls.http(group, status);
+                if let Some(span) = span {
+                    span.finish_http(status);
+                }
                 None
             } else if let Some(code) = grpc_status(response.headers()) {
                 counters.calls.grpc(group, code);
+                if let Some(span) = span {
+                    span.finish_grpc(code, Some(response.headers()));
+                }
                 None
             } else {
-                Some((counters, group))
+                Some(Pending {
+                    counters,
+                    group,
+                    span,
+                })
             };
             Ok(response.map(|inner| Counted {
                 inner,
@@ -182,7 +219,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<usize> {
 pub struct Counted<B> {
     inner: B,
     /// Where to count, until counted.
-    pending: Option<(Arc<EdgeCounters>, Group)>,
+    pending: Option<Pending>,
     /// For a stream: open until its reply is done with.
     _open: Option<OpenStream>,
 }
@@ -204,10 +241,26 @@ impl Drop for OpenStream {
     }
 }
 
+/// A gRPC call whose status is still to come.
+#[derive(Debug)]
+struct Pending {
+    counters: Arc<EdgeCounters>,
+    group: Group,
+    span: Option<RequestSpan>,
+}
+
 impl<B> Counted<B> {
-    fn count(&mut self, code: usize) {
-        if let Some((counters, group)) = self.pending.take() {
+    fn count(&mut self, code: usize, trailers: Option<&HeaderMap>) {
+        if let Some(Pending {
+            counters,
+            group,
+            span,
+        }) = self.pending.take()
+        {
             counters.calls.grpc(group, code);
+            if let Some(span) = span {
+                span.finish_grpc(code, trailers);
+            }
         }
     }
 }
@@ -215,7 +268,7 @@ impl<B> Counted<B> {
 impl<B> Drop for Counted<B> {
     fn drop(&mut self) {
         // Dropped before its status passed: the client went away, or the stream was reset.
-        self.count(1);
+        self.count(1, None);
     }
 }
 
@@ -230,12 +283,14 @@ impl<B: Body + Unpin> Body for Counted<B> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
-                    self.count(code);
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(code) = grpc_status(trailers)
+                {
+                    self.count(code, Some(trailers));
                 }
             }
             // An error mid-body, or an end without a status: UNKNOWN, as clients see it.
-            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => self.count(2),
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => self.count(2, None),
             Poll::Pending => {}
         }
         polled

@@ -30,8 +30,9 @@ use tracing::Level;
 use crate::edge::counting::{CallCounts, CountService};
 use crate::edge::routes::{self, Group};
 use crate::edge::status::ApiError;
-use crate::edge::trace_context;
 use crate::error::ErrorKind;
+use crate::traces::context::TraceParent;
+use crate::traces::{Sampled, Tracer};
 
 /// The deadlines of one request, put in its extensions by [`DeadlineService`].
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +99,7 @@ pub struct EdgeLayer {
     request_timeout: Duration,
     admission: Admission,
     counters: Arc<EdgeCounters>,
+    tracer: Option<Tracer>,
 }
 
 /// What the edge counted, over both transports, for the metrics.
@@ -142,12 +144,18 @@ impl Admission {
 
 impl EdgeLayer {
     /// Requests last at most `request_timeout` (less if the client says so); inference calls
-    /// each hold a permit of `admission` (shared with stream messages) or are refused at once.
-    pub fn new(request_timeout: Duration, admission: Admission) -> EdgeLayer {
+    /// each hold a permit of `admission` (shared with stream messages) or are refused at once,
+    /// and are traced when `tracer` samples them.
+    pub fn new(
+        request_timeout: Duration,
+        admission: Admission,
+        tracer: Option<Tracer>,
+    ) -> EdgeLayer {
         EdgeLayer {
             request_timeout,
             counters: Arc::clone(&admission.counters),
             admission,
+            tracer,
         }
     }
 
@@ -201,31 +209,39 @@ impl<S> Layer<S> for EdgeLayer {
         // 1. Request id: the client's `x-request-id`, or a new UUID; echoed on the reply.
         let propagated = PropagateRequestIdLayer::x_request_id().layer(traced);
         let identified = SetRequestIdLayer::x_request_id(MakeRequestUuid).layer(propagated);
-        // 0. Outermost, so that the refusals of every layer inside are counted too.
-        CountService::new(identified, Arc::clone(&self.counters))
+        // 0. Outermost, so that the refusals of every layer inside are counted (and traced) too.
+        CountService::new(identified, Arc::clone(&self.counters), self.tracer.clone())
     }
 }
 
-/// The span of one call, named by its request id.
+/// The span of one call, named by its request id and, when there is one, its W3C trace (the
+/// caller's, or ours if we sampled a new one), so that its log lines can be found by it.
 #[derive(Debug, Clone, Copy)]
 pub struct CallSpan;
 
 impl<B> MakeSpan<B> for CallSpan {
     fn make_span(&mut self, request: &Request<B>) -> tracing::Span {
-        let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
-        let id = header("x-request-id").unwrap_or("");
-        // The caller's W3C trace, if it sent one, so that its log lines can be found by it.
-        let parent = header("traceparent").and_then(trace_context::parse);
+        let id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let span = tracing::info_span!(
             "call",
             request_id = %id,
             rpc = %request.uri().path(),
             trace_id = tracing::field::Empty,
             parent_span_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
-        if let Some(parent) = parent {
-            span.record("trace_id", parent.trace_id);
-            span.record("parent_span_id", parent.parent_id);
+        let extensions = request.extensions();
+        if let Some(parent) = extensions.get::<TraceParent>() {
+            span.record("trace_id", tracing::field::display(parent.trace_id));
+            span.record("parent_span_id", tracing::field::display(parent.parent_id));
+        }
+        if let Some(sampled) = extensions.get::<Sampled>() {
+            span.record("trace_id", tracing::field::display(sampled.trace_id));
+            span.record("span_id", tracing::field::display(sampled.span_id));
         }
         span
     }

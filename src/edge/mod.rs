@@ -4,8 +4,8 @@
 
 pub mod counting;
 pub mod layers;
+pub mod request_span;
 pub mod routes;
 pub mod status;
 pub mod stream;
 pub mod trace;
-pub mod trace_context;

@@ -11,6 +11,7 @@ use futures_util::{Stream, StreamExt, stream};
 use tonic::{Request, Status, Streaming};
 
 use crate::edge::layers::{Admission, Deadlines, deadline_exceeded, overloaded};
+use crate::traces::Sampled;
 
 /// How many messages of one stream may be in flight at once. The window lets a stream keep the
 /// model's workers busy instead of waiting on each round trip.
@@ -29,6 +30,11 @@ pub fn deadlines<T>(request: &Request<T>) -> Deadlines {
             client: None,
             request_timeout: Duration::MAX,
         })
+}
+
+/// The span of a traced call, which its inference work goes under (none when not sampled).
+pub fn trace<T>(request: &Request<T>) -> Option<Sampled> {
+    request.extensions().get::<Sampled>().cloned()
 }
 
 /// Answers every message of `request`'s stream with `answer(message, deadline)`, or with

@@ -12,7 +12,7 @@ use crate::edge::layers::Admission;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::edge::status::status;
-use crate::edge::stream::{ReplyStream, answer_in_order, deadlines};
+use crate::edge::stream::{ReplyStream, answer_in_order, deadlines, trace};
 use crate::edge::trace::traced;
 use crate::engine::tensor::Tensor;
 use crate::kserve::convert::{
@@ -23,6 +23,7 @@ use crate::proto::inference as pb;
 use crate::serving::infer::{InferError, infer, inference_span};
 use crate::serving::lifecycle::Lifecycle;
 use crate::serving::registry::Registry;
+use crate::traces::Sampled;
 
 /// The GRPCInferenceService implementation.
 #[derive(Debug, Clone)]
@@ -93,6 +94,7 @@ async fn model_infer(
     registry: &Registry,
     mut request: pb::ModelInferRequest,
     deadline: Instant,
+    trace: Option<Sampled>,
 ) -> Result<pb::ModelInferResponse, Status> {
     let catalog = registry.snapshot();
     let (version, scheduler) = catalog
@@ -101,7 +103,7 @@ async fn model_infer(
     tracing::Span::current().record("version", version);
     let inputs = decode_inputs(&mut request, version)?;
     let wanted: Vec<String> = request.outputs.into_iter().map(|o| o.name).collect();
-    let outputs = infer(scheduler, inputs, &wanted, Some(deadline))
+    let outputs = infer(scheduler, inputs, &wanted, Some(deadline), trace)
         .await
         .map_err(|e| status(&e))?;
     Ok(pb::ModelInferResponse {
@@ -129,9 +131,10 @@ async fn traced_infer(
     registry: &Registry,
     request: pb::ModelInferRequest,
     deadline: Instant,
+    trace: Option<Sampled>,
 ) -> Result<pb::ModelInferResponse, Status> {
     let span = inference_span(&request.model_name);
-    traced(span, model_infer(registry, request, deadline)).await
+    traced(span, model_infer(registry, request, deadline, trace)).await
 }
 
 /// A stream message's failure, as the protocol carries it: in the stream, which goes on.
@@ -212,7 +215,8 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let deadline = deadlines(&request).for_work_starting(Instant::now());
-        traced_infer(&self.registry, request.into_inner(), deadline)
+        let trace = trace(&request);
+        traced_infer(&self.registry, request.into_inner(), deadline, trace)
             .await
             .map(Response::new)
     }
@@ -224,8 +228,11 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let registry = Arc::clone(&self.registry);
+        // Every message's work goes under the stream's span.
+        let trace = trace(&request);
         let answer = move |request: pb::ModelInferRequest, deadline| {
             let registry = Arc::clone(&registry);
+            let trace = trace.clone();
             async move {
                 let echo = pb::ModelInferRequest {
                     model_name: request.model_name.clone(),
@@ -233,7 +240,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
                     id: request.id.clone(),
                     ..Default::default()
                 };
-                match traced_infer(&registry, request, deadline).await {
+                match traced_infer(&registry, request, deadline, trace).await {
                     Ok(response) => pb::ModelStreamInferResponse {
                         error_message: String::new(),
                         infer_response: Some(response),

@@ -27,6 +27,7 @@ use crate::proto::inference as pb;
 use crate::serving::infer::{InferError, infer, inference_span};
 use crate::serving::lifecycle::Lifecycle;
 use crate::serving::registry::Registry;
+use crate::traces::Sampled;
 use tracing::Instrument;
 
 /// The header that carries the JSON part's length when binary data follows it.
@@ -367,10 +368,11 @@ async fn run_infer(
     let deadline = extensions
         .get::<Deadlines>()
         .map(|d| d.for_work_starting(Instant::now()));
+    let trace = extensions.get::<Sampled>().cloned();
     let span = inference_span(&model);
     async move {
         let started = Instant::now();
-        let response = infer_body(&rest, &model, &version, deadline, &headers, body).await;
+        let response = infer_body(&rest, &model, &version, deadline, trace, &headers, body).await;
         tracing::Span::current().record("latency_us", started.elapsed().as_micros() as u64);
         tracing::debug!(status = response.status().as_u16(), "answered");
         response
@@ -384,6 +386,7 @@ async fn infer_body(
     model: &str,
     version: &str,
     deadline: Option<Instant>,
+    trace: Option<Sampled>,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -421,6 +424,7 @@ async fn infer_body(
         std::mem::take(&mut request.inputs),
         &request.wanted,
         deadline,
+        trace,
     );
     let outputs = match run.await {
         Ok(outputs) => outputs,

@@ -23,6 +23,7 @@ use crate::serving::histogram::HistogramSnapshot;
 use crate::serving::registry::Registry;
 use crate::serving::scheduler::Scheduler;
 use crate::serving::stats::StatsSnapshot;
+use crate::traces::tracer::TraceCounters;
 use text::{Kind, Page};
 
 /// The content type of the text format.
@@ -35,6 +36,8 @@ pub struct Sources {
     pub registry: Arc<Registry>,
     /// What the edge refused.
     pub edge: Arc<EdgeCounters>,
+    /// What became of the spans, when tracing is on.
+    pub traces: Option<Arc<TraceCounters>>,
 }
 
 /// `GET /metrics`.
@@ -286,6 +289,34 @@ pub fn render(sources: &Sources) -> String {
         &[("reason", "timed_out")],
         edge.timed_out.load(Relaxed) as f64,
     );
+
+    if let Some(traces) = &sources.traces {
+        page.family(
+            "predictd_trace_spans_exported_total",
+            Kind::Counter,
+            "Spans the OTLP collector accepted.",
+        );
+        page.sample(
+            "predictd_trace_spans_exported_total",
+            &[],
+            traces.exported.load(Relaxed) as f64,
+        );
+        page.family(
+            "predictd_trace_spans_dropped_total",
+            Kind::Counter,
+            "Spans dropped, by reason: queue_full (the export queue was full; requests never wait for it), export_failed (the collector could not be reached, or refused them).",
+        );
+        for (reason, n) in [
+            ("queue_full", &traces.dropped_queue_full),
+            ("export_failed", &traces.dropped_export_failed),
+        ] {
+            page.sample(
+                "predictd_trace_spans_dropped_total",
+                &[("reason", reason)],
+                n.load(Relaxed) as f64,
+            );
+        }
+    }
 
     let process = process::read();
     let gauges: [(&str, Kind, &str, Option<f64>); 5] = [

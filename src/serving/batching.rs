@@ -205,6 +205,7 @@ mod tests {
             reply,
             span: tracing::Span::none(),
             queued,
+            trace: None,
         };
         (job, receiver)
     }

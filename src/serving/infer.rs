@@ -10,6 +10,7 @@ use crate::engine::signature::InputError;
 use crate::engine::tensor::Tensor;
 use crate::error::{Classify, ErrorKind};
 use crate::serving::scheduler::{JobError, ScheduleError, Scheduler};
+use crate::traces::Sampled;
 
 /// Why one inference request failed. Messages name the model and version; front ends add
 /// nothing but their own code for the [`ErrorKind`].
@@ -98,12 +99,14 @@ pub fn inference_span(model: &str) -> tracing::Span {
 
 /// Validates `inputs` against the scheduler's model, runs it if it can start before
 /// `deadline`, and returns the outputs named in `wanted` (all when empty), in the order asked
-/// for. Dropping the future withdraws the request: if it has not started, it never runs.
+/// for. Dropping the future withdraws the request: if it has not started, it never runs. A
+/// sampled call's `trace` gets the spans of its queue wait and batch run.
 pub async fn infer(
     scheduler: &Scheduler,
     inputs: impl IntoIterator<Item = (String, Tensor)>,
     wanted: &[String],
     deadline: Option<Instant>,
+    trace: Option<Sampled>,
 ) -> Result<Vec<(String, Tensor)>, InferError> {
     let model = scheduler.model();
     let input_error = |error| InferError::Input {
@@ -122,7 +125,7 @@ pub async fn infer(
         tracing::Span::current().record("rows", rows);
     }
     let reply = scheduler
-        .submit(valid, deadline)
+        .submit(valid, deadline, trace)
         .map_err(InferError::Schedule)?;
     let outputs = reply
         .await

@@ -30,6 +30,8 @@ use crate::engine::tensor::Tensor;
 use crate::error::{Classify, ErrorKind};
 use crate::serving::batching::{Batcher, Queue};
 use crate::serving::stats::ModelStats;
+use crate::traces::Sampled;
+use crate::traces::tracer::Value;
 
 /// Why a request was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,9 +86,11 @@ pub(super) struct Job {
     pub(super) inputs: ValidInputs,
     pub(super) deadline: Option<Instant>,
     pub(super) reply: oneshot::Sender<JobResult>,
-    /// The caller's span, so worker-side events land in the request's trace.
+    /// The caller's span, so worker-side events land in the request's log lines.
     pub(super) span: tracing::Span,
     pub(super) queued: Instant,
+    /// The call's span, if it is traced: the queue and batch spans are its children.
+    pub(super) trace: Option<Sampled>,
 }
 
 impl Job {
@@ -224,11 +228,12 @@ impl Scheduler {
     }
 
     /// Queues a run that must start before `deadline`; the receiver yields its outputs. Never
-    /// blocks: a full queue is an error.
+    /// blocks: a full queue is an error. A traced call's spans go under `trace`.
     pub fn submit(
         &self,
         inputs: ValidInputs,
         deadline: Option<Instant>,
+        trace: Option<Sampled>,
     ) -> Result<oneshot::Receiver<JobResult>, ScheduleError> {
         let (reply, receiver) = oneshot::channel();
         let job = Job {
@@ -237,6 +242,7 @@ impl Scheduler {
             reply,
             span: tracing::Span::current(),
             queued: Instant::now(),
+            trace,
         };
         match self.queue.try_send(job) {
             Ok(()) => {
@@ -321,6 +327,7 @@ impl Worker {
     fn answer(&self, started: Instant, results: Vec<(Job, JobResult)>) {
         let now = Instant::now();
         let batch_rows: usize = results.iter().map(|(job, _)| job.rows()).sum();
+        self.trace(started, now, &results);
         for (job, outcome) in results {
             let waited = now.saturating_duration_since(job.queued);
             let queued = started.saturating_duration_since(job.queued);
@@ -335,6 +342,50 @@ impl Worker {
             // The caller may have gone away while the model ran; nothing to do then.
             let _ = job.reply.send(outcome);
         }
+    }
+}
+
+impl Worker {
+    /// The spans of a batch run from `started` to `ended`, for the traced requests in it: each
+    /// one's wait in the queue, under its call, and one span for the run, under the first
+    /// traced call and linked to every traced call it served, so that each request's trace
+    /// leads to the run that served it, shared or not.
+    fn trace(&self, started: Instant, ended: Instant, results: &[(Job, JobResult)]) {
+        let traced: Vec<(&Job, &Sampled)> = results
+            .iter()
+            .filter_map(|(job, _)| Some((job, job.trace.as_ref()?)))
+            .collect();
+        let Some(&(_, first)) = traced.first() else {
+            return;
+        };
+        let labels = |rows: usize| {
+            vec![
+                ("predictd.model", Value::from(self.model.name().to_string())),
+                ("predictd.model_version", Value::from(self.model.version())),
+                ("predictd.rows", Value::from(rows)),
+            ]
+        };
+        for &(job, trace) in &traced {
+            let wait = (job.queued, started);
+            trace.child("predictd.queue", wait, labels(job.rows()), Vec::new(), None);
+        }
+        let mut attributes = labels(results.iter().map(|(job, _)| job.rows()).sum());
+        attributes.push(("predictd.batch_requests", Value::from(results.len())));
+        let links = traced
+            .iter()
+            .map(|(_, trace)| (trace.trace_id, trace.span_id))
+            .collect();
+        let failed = results.iter().find_map(|(_, outcome)| match outcome {
+            Err(JobError::Run(error)) => Some(error.to_string()),
+            _ => None,
+        });
+        first.child(
+            "predictd.batch",
+            (started, ended),
+            attributes,
+            links,
+            failed,
+        );
     }
 }
 

@@ -7,12 +7,13 @@ use crate::edge::layers::Admission;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::edge::status::{status, to_rpc};
-use crate::edge::stream::{ReplyStream, answer_in_order, deadlines};
+use crate::edge::stream::{ReplyStream, answer_in_order, deadlines, trace};
 use crate::edge::trace::traced;
 use crate::engine::repository::State;
 use crate::proto::predictd::v1 as pb;
 use crate::serving::infer::{InferError, infer, inference_span};
 use crate::serving::registry::Registry;
+use crate::traces::Sampled;
 use crate::v1::convert::{is_raw, spec_to_wire, tensor_from_wire, tensor_to_wire};
 
 /// The PredictionService implementation.
@@ -39,15 +40,17 @@ async fn predict(
     registry: &Registry,
     request: pb::PredictRequest,
     deadline: Option<Instant>,
+    trace: Option<Sampled>,
 ) -> Result<pb::PredictResponse, Status> {
     let span = inference_span(&request.model);
-    traced(span, run(registry, request, deadline)).await
+    traced(span, run(registry, request, deadline, trace)).await
 }
 
 async fn run(
     registry: &Registry,
     request: pb::PredictRequest,
     deadline: Option<Instant>,
+    trace: Option<Sampled>,
 ) -> Result<pb::PredictResponse, Status> {
     let catalog = registry.snapshot();
     let (version, scheduler) = catalog
@@ -70,7 +73,7 @@ async fn run(
             }
         }
     }
-    let outputs = infer(scheduler, inputs, &request.outputs, deadline)
+    let outputs = infer(scheduler, inputs, &request.outputs, deadline, trace)
         .await
         .map_err(|e| status(&e))?;
     Ok(pb::PredictResponse {
@@ -91,7 +94,8 @@ impl pb::prediction_service_server::PredictionService for PredictionService {
         request: Request<pb::PredictRequest>,
     ) -> Result<Response<pb::PredictResponse>, Status> {
         let deadline = deadlines(&request).for_work_starting(Instant::now());
-        predict(&self.registry, request.into_inner(), Some(deadline))
+        let trace = trace(&request);
+        predict(&self.registry, request.into_inner(), Some(deadline), trace)
             .await
             .map(Response::new)
     }
@@ -103,11 +107,14 @@ impl pb::prediction_service_server::PredictionService for PredictionService {
         request: Request<Streaming<pb::PredictRequest>>,
     ) -> Result<Response<Self::PredictStreamStream>, Status> {
         let registry = Arc::clone(&self.registry);
+        // Every message's work goes under the stream's span.
+        let trace = trace(&request);
         let answer = move |request: pb::PredictRequest, deadline| {
             let registry = Arc::clone(&registry);
+            let trace = trace.clone();
             async move {
                 let id = request.id.clone();
-                let result = match predict(&registry, request, Some(deadline)).await {
+                let result = match predict(&registry, request, Some(deadline), trace).await {
                     Ok(response) => pb::predict_stream_response::Result::Response(response),
                     Err(status) => pb::predict_stream_response::Result::Error(to_rpc(&status)),
                 };

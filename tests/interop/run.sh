@@ -394,10 +394,32 @@ metrics() {
         "$PY" tests/interop/metrics_check.py "$HTTP" "127.0.0.1:$ports" "$work"
 }
 
+# ---------------------------------------------------------------- traces
+
+traces() {
+    local repo=$TMP/traces-models protocol port url
+    mkdir -p "$repo/linear/1"
+    cp models/diabetes_linear/1/model.onnx "$repo/linear/1/"
+    for protocol in grpc http/protobuf; do
+        if ! port=$("$PY" tests/interop/check.py ports 1 2>&1); then
+            not_ok "pick a free port" "$port"
+            continue
+        fi
+        serve "$repo" "$TMP/server-traces-${protocol%/*}.log" "a repository for traces ($protocol)" \
+            --otlp-endpoint "http://127.0.0.1:$port" --otlp-protocol "$protocol" \
+            --trace-sampling-ratio 0 --workers 1 --max-queue-delay-us 200000 || continue
+        url=$ADDR
+        [ "$protocol" = grpc ] || url=$HTTP
+        tally "traces: an OTLP $protocol receiver from opentelemetry-proto, tritonclient callers" \
+            "$PY" tests/interop/traces_check.py "$protocol" "$port" "$url"
+    done
+}
+
 bundled
 unseen
 repository_api
 metrics
+traces
 
 if [ "$FAILED" -ne 0 ]; then
     for f in "$TMP"/server-*.log; do
