@@ -233,7 +233,7 @@ fn main() {
         "per-request bookkeeping (counters and histograms a request updates): {bookkeeping:.0} ns"
     );
 
-    // 2 and 3. The servers.
+    // 2-5. The servers.
     let client_rt = ClientRuntime {
         threads: settings.client_threads,
     };
@@ -243,7 +243,10 @@ fn main() {
     let startup = load_started.elapsed();
     eprintln!("starting predictd (batching off)...");
     let nobatch = start_served(repo.path(), &client_rt, false, None, NOBATCH_THREADS);
-    eprintln!("starting predictd (tracing {:.0}% of calls)...", TRACE_RATIO * 100.0);
+    eprintln!(
+        "starting predictd (tracing {:.0}% of calls)...",
+        TRACE_RATIO * 100.0
+    );
     let traced = start_served(
         repo.path(),
         &client_rt,

@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use predictd::engine::model::Model;
-use predictd::proto::predictd::v1 as pb;
 use predictd::proto::opentelemetry::proto::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
     trace_service_server::{TraceService, TraceServiceServer},
 };
+use predictd::proto::predictd::v1 as pb;
 use predictd::server::{App, ServeConfig};
-use predictd::traces::otlp::{OtlpConfig, Protocol};
 use predictd::serving::registry::Registry;
 use predictd::serving::stats::StatsSnapshot;
+use predictd::traces::otlp::{OtlpConfig, Protocol};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
