@@ -281,6 +281,11 @@ pub struct ServeArgs {
     /// sampled traceparent is always followed.
     #[arg(long, default_value_t = 1.0, env = "PREDICTD_TRACE_SAMPLING_RATIO")]
     pub trace_sampling_ratio: f64,
+    /// API keys, one per line with the endpoint groups it may call (`<key> inference,metadata`,
+    /// `*` for all); every call but health probes then needs `authorization: Bearer <key>`.
+    /// Re-read on SIGHUP.
+    #[arg(long, env = "PREDICTD_API_KEYS")]
+    pub api_keys: Option<PathBuf>,
 }
 
 /// A size in bytes: a number, optionally with KiB, MiB, GiB (or KB, MB, GB, powers of ten).
@@ -392,6 +397,7 @@ impl ServeArgs {
                     flag: "otlp-endpoint",
                     reason,
                 })?,
+            api_keys: self.api_keys.clone(),
         })
     }
 

@@ -19,6 +19,10 @@ pub enum ErrorKind {
     Unavailable,
     /// The client went away before the work ran.
     Cancelled,
+    /// The call carries no API key, or one the server does not accept.
+    Unauthenticated,
+    /// The call's API key may not use this endpoint group.
+    PermissionDenied,
     /// A fault on our side (a model that failed while running); details are logged.
     Internal,
 }

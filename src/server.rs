@@ -15,7 +15,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::edge::layers::{Admission, EdgeLayer};
+use arc_swap::ArcSwap;
+
+use crate::edge::auth::{ApiKeys, KeysError};
+use crate::edge::layers::{Admission, EdgeLayer, Keys};
 use crate::engine::open::OpenDefaults;
 use crate::engine::repository::{self, RepositoryError};
 use crate::kserve::grpc::InferenceService;
@@ -57,6 +60,8 @@ pub struct ServeConfig {
     pub metrics: bool,
     /// Where traces are exported, if anywhere.
     pub traces: Option<OtlpConfig>,
+    /// The API key file; when set, every call but probes needs a key for its group.
+    pub api_keys: Option<PathBuf>,
 }
 
 /// Transport settings.
@@ -104,6 +109,7 @@ impl ServeConfig {
             },
             metrics: true,
             traces: None,
+            api_keys: None,
         }
     }
 }
@@ -123,6 +129,9 @@ pub enum ServeError {
     /// The REST server failed.
     #[error("the REST server failed: {0}")]
     Http(std::io::Error),
+    /// The API key file cannot be used.
+    #[error("--api-keys: {0}")]
+    Keys(#[from] KeysError),
 }
 
 /// How long the spans still queued at shutdown may take to reach the collector.
@@ -157,11 +166,17 @@ pub struct App {
     http: Option<TcpListener>,
     /// Where `/metrics` is also served, on a port of its own.
     metrics: Option<TcpListener>,
+    /// The API keys in force, if the server has any.
+    keys: Option<Keys>,
 }
 
 impl App {
     /// Finds the models of `config.models`; nothing is loaded yet.
     pub fn new(config: ServeConfig) -> Result<App, ServeError> {
+        let keys = match &config.api_keys {
+            Some(path) => Some(Arc::new(ArcSwap::from_pointee(ApiKeys::load(path)?))),
+            None => None,
+        };
         let found = repository::discover(&config.models)?;
         let registry = Arc::new(Registry::new(found.pending()));
         let lifecycle = Lifecycle::new(
@@ -177,6 +192,7 @@ impl App {
             lifecycle: Arc::new(lifecycle),
             http: None,
             metrics: None,
+            keys,
         })
     }
 
@@ -215,7 +231,11 @@ impl App {
             lifecycle,
             http,
             metrics: metrics_listener,
+            keys,
         } = self;
+        if let (Some(keys), Some(path)) = (&keys, &config.api_keys) {
+            tokio::spawn(reread_keys_on_hangup(path.clone(), Arc::clone(keys)));
+        }
 
         let (reporter, health) = tonic_health::server::health_reporter();
         set_health(&registry, &reporter, ServingStatus::NotServing).await;
@@ -267,7 +287,7 @@ impl App {
         // and the concurrency limit for inference calls.
         let (tracer, exporter) = config.traces.as_ref().map(otlp::start).unzip();
         let traces = tracer.as_ref().map(Tracer::counters);
-        let edge = EdgeLayer::new(config.request_timeout, admission, tracer);
+        let edge = EdgeLayer::new(config.request_timeout, admission, tracer).with_keys(keys);
         let sources = metrics::Sources {
             registry: Arc::clone(&registry),
             edge: edge.counters(),
@@ -333,6 +353,25 @@ impl App {
             exporter.finish(EXPORT_AT_EXIT).await;
         }
         Ok(())
+    }
+}
+
+/// Re-reads the API key file on every SIGHUP; a file that no longer reads keeps the keys in
+/// force (and says why), so a bad edit never opens or closes the server.
+async fn reread_keys_on_hangup(path: PathBuf, keys: Keys) {
+    let Some(mut hangups) = listen_for_hangups() else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match ApiKeys::load(&path) {
+            Ok(read) => {
+                tracing::info!(path = %path.display(), keys = ?read, "API keys re-read");
+                keys.store(Arc::new(read));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot re-read the API keys; the ones in force stay")
+            }
+        }
     }
 }
 

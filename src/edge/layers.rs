@@ -1,6 +1,6 @@
 //! The one tower stack every call passes through, gRPC and REST alike, outermost first:
-//! call counting ([`crate::edge::counting`]) → request id → trace → deadline → limit (with
-//! shedding). [`EdgeLayer`] builds it once; the
+//! call counting and tracing ([`crate::edge::counting`]) → request id → log span → API keys
+//! ([`crate::edge::auth`]) → deadline → limit (with shedding). [`EdgeLayer`] builds it once; the
 //! server applies it to tonic and to axum. What a layer refuses becomes an [`ApiError`] and is
 //! answered in the caller's protocol, chosen by the transport's body type ([`Reply`]).
 //!
@@ -27,6 +27,7 @@ use tower_http::trace::{
 };
 use tracing::Level;
 
+use crate::edge::auth::ApiKeys;
 use crate::edge::counting::{CallCounts, CountService};
 use crate::edge::routes::{self, Group};
 use crate::edge::status::ApiError;
@@ -100,7 +101,11 @@ pub struct EdgeLayer {
     admission: Admission,
     counters: Arc<EdgeCounters>,
     tracer: Option<Tracer>,
+    keys: Option<Keys>,
 }
+
+/// The API keys in force, replaced whole when their file is re-read.
+pub type Keys = Arc<arc_swap::ArcSwap<ApiKeys>>;
 
 /// What the edge counted, over both transports, for the metrics.
 #[derive(Debug, Default)]
@@ -156,7 +161,14 @@ impl EdgeLayer {
             counters: Arc::clone(&admission.counters),
             admission,
             tracer,
+            keys: None,
         }
+    }
+
+    /// The same stack, refusing calls without a key of `keys` for their group.
+    pub fn with_keys(mut self, keys: Option<Keys>) -> EdgeLayer {
+        self.keys = keys;
+        self
     }
 
     /// What this stack has refused so far.
@@ -172,7 +184,7 @@ pub type Edge<S> = CountService<Inner<S>>;
 pub type Inner<S> = SetRequestId<
     PropagateRequestId<
         Trace<
-            DeadlineService<LimitService<S>>,
+            AuthService<DeadlineService<LimitService<S>>>,
             SharedClassifier<ServerErrorsAsFailures>,
             CallSpan,
             (),
@@ -198,6 +210,11 @@ impl<S> Layer<S> for EdgeLayer {
             request_timeout: self.request_timeout,
             counters: Arc::clone(&self.counters),
         };
+        // 3. Keys before the deadline: a refused call costs no timer.
+        let authorized = AuthService {
+            inner: deadline,
+            keys: self.keys.clone(),
+        };
         // 2. One span per call carrying its request id, so every log line of the call names
         //    it, on the model's worker thread too. Client errors are not logged as errors.
         let traced = TraceLayer::new_for_http()
@@ -205,7 +222,7 @@ impl<S> Layer<S> for EdgeLayer {
             .on_request(())
             .on_response(DefaultOnResponse::new().level(Level::DEBUG))
             .on_failure(DefaultOnFailure::new().level(Level::DEBUG))
-            .layer(deadline);
+            .layer(authorized);
         // 1. Request id: the client's `x-request-id`, or a new UUID; echoed on the reply.
         let propagated = PropagateRequestIdLayer::x_request_id().layer(traced);
         let identified = SetRequestIdLayer::x_request_id(MakeRequestUuid).layer(propagated);
@@ -307,6 +324,54 @@ where
                 }
             }
         })
+    }
+}
+
+/// Refuses a call without a key for its group (when the server has keys): UNAUTHENTICATED
+/// (401, with `www-authenticate: Bearer`) or PERMISSION_DENIED (403).
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    keys: Option<Keys>,
+}
+
+impl<S, B, R> Service<Request<B>> for AuthService<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Reply + Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future =
+        futures_util::future::Either<std::future::Ready<Result<Response<R>, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        use futures_util::future::Either;
+        let refused = self.keys.as_ref().and_then(|keys| {
+            keys.load()
+                .check(request.headers(), routes::group_of(&request))
+                .err()
+        });
+        match refused {
+            None => Either::Right(self.inner.call(request)),
+            Some(error) => {
+                let unauthenticated = error.kind() == ErrorKind::Unauthenticated;
+                let mut reply = R::error(error);
+                if unauthenticated {
+                    reply.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer"),
+                    );
+                }
+                Either::Left(std::future::ready(Ok(reply)))
+            }
+        }
     }
 }
 

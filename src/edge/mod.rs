@@ -2,6 +2,7 @@
 //! and REST alike. The tower layers, the one table from errors to gRPC codes and HTTP statuses,
 //! and the plumbing of bidirectional streams.
 
+pub mod auth;
 pub mod counting;
 pub mod layers;
 pub mod request_span;

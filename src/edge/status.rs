@@ -24,6 +24,8 @@ fn codes(kind: ErrorKind) -> (Code, StatusCode) {
         ErrorKind::Unavailable => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
         // The client went away; nobody reads this reply.
         ErrorKind::Cancelled => (Code::Cancelled, StatusCode::BAD_REQUEST),
+        ErrorKind::Unauthenticated => (Code::Unauthenticated, StatusCode::UNAUTHORIZED),
+        ErrorKind::PermissionDenied => (Code::PermissionDenied, StatusCode::FORBIDDEN),
         ErrorKind::Internal => (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
     }
 }
@@ -126,6 +128,8 @@ mod tests {
             (ErrorKind::FailedPrecondition, Code::FailedPrecondition, 400),
             (ErrorKind::Unavailable, Code::Unavailable, 503),
             (ErrorKind::Cancelled, Code::Cancelled, 400),
+            (ErrorKind::Unauthenticated, Code::Unauthenticated, 401),
+            (ErrorKind::PermissionDenied, Code::PermissionDenied, 403),
             (ErrorKind::Internal, Code::Internal, 500),
         ];
         for (kind, code, http) in table {

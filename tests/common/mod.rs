@@ -149,10 +149,27 @@ async fn http_call(
     path: &str,
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = http_request(addr, method, path, body, &[]).await;
+    (status, body)
+}
+
+/// A plain HTTP/1.1 request with extra `headers`: the status, the headers (as text) and the
+/// body of the answer.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -164,10 +181,12 @@ async fn http_call(
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
-    let body = answer
+    let (head, body) = answer
         .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_string());
-    (status, body)
+        .map_or((answer.clone(), String::new()), |(h, b)| {
+            (h.to_string(), b.to_string())
+        });
+    (status, head, body)
 }
 
 /// A KServe v2 JSON request for the heavy model, `rows` rows of 0.5.
