@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::edge::tls::{ClientAuth, TlsFiles};
 use crate::engine::open::OpenDefaults;
 use crate::engine::repository::valid_model_name;
 use crate::server::{Http2Config, ServeConfig};
@@ -286,6 +287,25 @@ pub struct ServeArgs {
     /// Re-read on SIGHUP.
     #[arg(long, env = "PREDICTD_API_KEYS")]
     pub api_keys: Option<PathBuf>,
+    /// Serve TLS on every port with this certificate chain (PEM, leaf first); re-read on SIGHUP
+    /// and when the file changes.
+    #[arg(long, requires = "tls_key", env = "PREDICTD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert", env = "PREDICTD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: client certificates must be signed by a CA in this file (PEM).
+    #[arg(long, requires = "tls_cert", env = "PREDICTD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: required (no certificate, no connection) or optional (clients
+    /// without one are let in; a certificate given must still verify).
+    #[arg(
+        long,
+        default_value = "required",
+        requires = "tls_client_ca",
+        env = "PREDICTD_TLS_CLIENT_AUTH"
+    )]
+    pub tls_client_auth: ClientAuth,
 }
 
 /// A size in bytes: a number, optionally with KiB, MiB, GiB (or KB, MB, GB, powers of ten).
@@ -398,6 +418,15 @@ impl ServeArgs {
                     reason,
                 })?,
             api_keys: self.api_keys.clone(),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                    client_auth: self.tls_client_auth,
+                }),
+                _ => None,
+            },
         })
     }
 

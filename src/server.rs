@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use arc_swap::ArcSwap;
 
 use crate::edge::auth::{ApiKeys, KeysError};
 use crate::edge::layers::{Admission, EdgeLayer, Keys};
+use crate::edge::tls::{Tls, TlsError, TlsFiles, TlsListener};
 use crate::engine::open::OpenDefaults;
 use crate::engine::repository::{self, RepositoryError};
 use crate::kserve::grpc::InferenceService;
@@ -62,6 +64,8 @@ pub struct ServeConfig {
     pub traces: Option<OtlpConfig>,
     /// The API key file; when set, every call but probes needs a key for its group.
     pub api_keys: Option<PathBuf>,
+    /// TLS for every port, when set.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Transport settings.
@@ -110,6 +114,7 @@ impl ServeConfig {
             metrics: true,
             traces: None,
             api_keys: None,
+            tls: None,
         }
     }
 }
@@ -132,7 +137,13 @@ pub enum ServeError {
     /// The API key file cannot be used.
     #[error("--api-keys: {0}")]
     Keys(#[from] KeysError),
+    /// The TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
+
+/// How often the TLS files are looked at for changes (SIGHUP re-reads them at once).
+const TLS_FILES_POLL: Duration = Duration::from_secs(5);
 
 /// How long the spans still queued at shutdown may take to reach the collector.
 const EXPORT_AT_EXIT: Duration = Duration::from_secs(5);
@@ -168,6 +179,8 @@ pub struct App {
     metrics: Option<TcpListener>,
     /// The API keys in force, if the server has any.
     keys: Option<Keys>,
+    /// The TLS configuration in force, if the server speaks TLS.
+    tls: Option<Arc<Tls>>,
 }
 
 impl App {
@@ -175,6 +188,10 @@ impl App {
     pub fn new(config: ServeConfig) -> Result<App, ServeError> {
         let keys = match &config.api_keys {
             Some(path) => Some(Arc::new(ArcSwap::from_pointee(ApiKeys::load(path)?))),
+            None => None,
+        };
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(Tls::load(files.clone())?)),
             None => None,
         };
         let found = repository::discover(&config.models)?;
@@ -193,6 +210,7 @@ impl App {
             http: None,
             metrics: None,
             keys,
+            tls,
         })
     }
 
@@ -232,7 +250,11 @@ impl App {
             http,
             metrics: metrics_listener,
             keys,
+            tls,
         } = self;
+        if let Some(tls) = &tls {
+            tokio::spawn(Arc::clone(tls).watch(TLS_FILES_POLL));
+        }
         if let (Some(keys), Some(path)) = (&keys, &config.api_keys) {
             tokio::spawn(reread_keys_on_hangup(path.clone(), Arc::clone(keys)));
         }
@@ -305,12 +327,14 @@ impl App {
             http,
             http_routes.layer(edge.clone()),
             config.http2.tcp_nodelay,
+            tls.clone(),
             draining_begins(),
         );
         let metrics_only = serve_rest(
             metrics_listener.filter(|_| config.metrics),
             metrics::router(sources).layer(edge.clone()),
             config.http2.tcp_nodelay,
+            tls.clone(),
             draining_begins(),
         );
 
@@ -325,13 +349,26 @@ impl App {
             // grpcurl 1.8 and many tools still ask the v1alpha reflection service.
             .add_service(reflection().build_v1alpha()?)
             .add_service(prediction)
-            .add_service(inference)
-            // tonic applies TCP_NODELAY only to sockets it accepts itself, not to a listener
-            // handed in; without it, small replies wait out the client's delayed ACK (~40 ms).
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(http2.tcp_nodelay)),
-                drain,
-            );
+            .add_service(inference);
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match &tls {
+                // tonic applies TCP_NODELAY only to sockets it accepts itself, not to a
+                // listener handed in; without it, small replies wait out the client's delayed
+                // ACK (~40 ms).
+                None => Box::pin(server.serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(http2.tcp_nodelay)),
+                    drain,
+                )),
+                Some(tls) => {
+                    let incoming = tls.incoming(listener, false, http2.tcp_nodelay);
+                    let connections =
+                        futures_util::stream::unfold(incoming, |mut incoming| async {
+                            let connection = incoming.recv().await?;
+                            Some((Ok::<_, std::io::Error>(connection), incoming))
+                        });
+                    Box::pin(server.serve_with_incoming_shutdown(connections, drain))
+                }
+            };
 
         let grace = config.shutdown_grace;
         let grace_expired = draining_begins();
@@ -381,11 +418,19 @@ async fn serve_rest(
     listener: Option<TcpListener>,
     router: axum::Router,
     nodelay: bool,
+    tls: Option<Arc<Tls>>,
     drain: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(listener) = listener else {
         return Ok(());
     };
+    if let Some(tls) = tls {
+        let local = listener.local_addr()?;
+        let incoming = tls.incoming(listener, true, nodelay);
+        return axum::serve(TlsListener { incoming, local }, router)
+            .with_graceful_shutdown(drain)
+            .await;
+    }
     let listener = listener.tap_io(move |tcp| {
         if let Err(e) = tcp.set_nodelay(nodelay) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");

@@ -9,4 +9,5 @@ pub mod request_span;
 pub mod routes;
 pub mod status;
 pub mod stream;
+pub mod tls;
 pub mod trace;
