@@ -188,18 +188,20 @@ where
                     span.finish_http(status);
                 }
                 None
-            } else if let Some(code) = grpc_status(response.headers()) {
-                counters.calls.grpc(group, code);
-                if let Some(span) = span {
-                    span.finish_grpc(code, Some(response.headers()));
-                }
-                None
             } else {
-                Some(Pending {
+                let pending = Pending {
                     counters,
                     group,
                     span,
-                })
+                };
+                // A trailers-only reply (an error, usually) has its status in the headers.
+                match grpc_status(response.headers()) {
+                    Some(code) => {
+                        pending.grpc(code, Some(response.headers()));
+                        None
+                    }
+                    None => Some(pending),
+                }
             };
             Ok(response.map(|inner| Counted {
                 inner,
@@ -249,18 +251,20 @@ struct Pending {
     span: Option<RequestSpan>,
 }
 
+impl Pending {
+    /// Counts the call as answered `code` (with `headers` holding its status), ending its span.
+    fn grpc(self, code: usize, headers: Option<&HeaderMap>) {
+        self.counters.calls.grpc(self.group, code);
+        if let Some(span) = self.span {
+            span.finish_grpc(code, headers);
+        }
+    }
+}
+
 impl<B> Counted<B> {
     fn count(&mut self, code: usize, trailers: Option<&HeaderMap>) {
-        if let Some(Pending {
-            counters,
-            group,
-            span,
-        }) = self.pending.take()
-        {
-            counters.calls.grpc(group, code);
-            if let Some(span) = span {
-                span.finish_grpc(code, trailers);
-            }
+        if let Some(pending) = self.pending.take() {
+            pending.grpc(code, trailers);
         }
     }
 }

@@ -116,9 +116,19 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 const GRPC_ALPN: &[&[u8]] = &[b"h2"];
 const REST_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
+/// The gRPC port's configuration and the REST port's, from one reading of `files`: they differ
+/// only in the ALPN protocols offered.
+fn build_both(files: &TlsFiles) -> Result<(ServerConfig, ServerConfig), TlsError> {
+    let mut grpc = build(files)?;
+    let mut rest = grpc.clone();
+    grpc.alpn_protocols = GRPC_ALPN.iter().map(|p| p.to_vec()).collect();
+    rest.alpn_protocols = REST_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok((grpc, rest))
+}
+
 /// One port's server configuration, read from `files` (with ring, named here rather than
 /// left to a process-wide default).
-fn build(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+fn build(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_error(&files.key, e))?;
@@ -153,11 +163,9 @@ fn build(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
             )
         }
     };
-    let mut config = builder
+    builder
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
+        .map_err(|e| TlsError::Config(e.to_string()))
 }
 
 /// The TLS configuration in force for both ports.
@@ -173,9 +181,10 @@ pub struct Tls {
 impl Tls {
     /// Reads `files`; fails on anything that would fail every handshake.
     pub fn load(files: TlsFiles) -> Result<Tls, TlsError> {
+        let (grpc, rest) = build_both(&files)?;
         let tls = Tls {
-            grpc: ArcSwap::from_pointee(build(&files, GRPC_ALPN)?),
-            rest: ArcSwap::from_pointee(build(&files, REST_ALPN)?),
+            grpc: ArcSwap::from_pointee(grpc),
+            rest: ArcSwap::from_pointee(rest),
             seen: std::sync::Mutex::new(Vec::new()),
             files,
         };
@@ -209,8 +218,7 @@ impl Tls {
 
     /// Reads the files again; on failure, what served goes on serving.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let grpc = build(&self.files, GRPC_ALPN)?;
-        let rest = build(&self.files, REST_ALPN)?;
+        let (grpc, rest) = build_both(&self.files)?;
         self.grpc.store(Arc::new(grpc));
         self.rest.store(Arc::new(rest));
         Ok(())
