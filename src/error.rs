@@ -10,6 +10,8 @@ pub enum ErrorKind {
     NotFound,
     /// The server is too busy to take the request now; retry later.
     ResourceExhausted,
+    /// The request is larger than the server takes (`--max-message-bytes`).
+    TooLarge,
     /// The request's deadline passed before it could be answered.
     DeadlineExceeded,
     /// The request is valid but the server is not in a state to carry it out (a repository

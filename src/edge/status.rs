@@ -19,6 +19,8 @@ fn codes(kind: ErrorKind) -> (Code, StatusCode) {
         ErrorKind::InvalidArgument => (Code::InvalidArgument, StatusCode::BAD_REQUEST),
         ErrorKind::NotFound => (Code::NotFound, StatusCode::NOT_FOUND),
         ErrorKind::ResourceExhausted => (Code::ResourceExhausted, StatusCode::TOO_MANY_REQUESTS),
+        // gRPC's own code for a message over the limit.
+        ErrorKind::TooLarge => (Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE),
         ErrorKind::DeadlineExceeded => (Code::DeadlineExceeded, StatusCode::GATEWAY_TIMEOUT),
         ErrorKind::FailedPrecondition => (Code::FailedPrecondition, StatusCode::BAD_REQUEST),
         ErrorKind::Unavailable => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),

@@ -4,12 +4,12 @@
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
-use super::convert::{
-    ContentsError, datatype_name, dtype_from_name, tensor_from_raw, tensor_to_raw,
-};
-use crate::engine::tensor::{DType, Element, Tensor, TensorError, shape_from_wire};
+use super::convert::{datatype_name, dtype_from_name, tensor_from_raw, tensor_to_raw};
+use super::json_data::{tensor_from_json, write_json};
+use crate::engine::tensor::Tensor;
 
 /// Why a request body cannot be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -43,7 +43,7 @@ pub enum BodyError {
 /// An inference request as sent over REST.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct InferRequest {
+pub struct InferRequest<'a> {
     /// Echoed in the response.
     #[serde(default)]
     pub id: Option<String>,
@@ -51,7 +51,8 @@ pub struct InferRequest {
     #[serde(default)]
     pub parameters: Map<String, Value>,
     /// The input tensors.
-    pub inputs: Vec<InputTensor>,
+    #[serde(borrow)]
+    pub inputs: Vec<InputTensor<'a>>,
     /// The outputs wanted; none means all.
     #[serde(default)]
     pub outputs: Vec<RequestedOutput>,
@@ -60,7 +61,7 @@ pub struct InferRequest {
 /// One input tensor.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct InputTensor {
+pub struct InputTensor<'a> {
     /// The input's name.
     pub name: String,
     /// Its shape.
@@ -70,9 +71,10 @@ pub struct InputTensor {
     /// Tensor parameters, e.g. `binary_data_size`.
     #[serde(default)]
     pub parameters: Map<String, Value>,
-    /// The values, flat or nested row-major, when not sent as binary.
-    #[serde(default)]
-    pub data: Option<Value>,
+    /// The values, flat or nested row-major, when not sent as binary: their JSON text, read
+    /// straight into the tensor ([`super::json_data`]).
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
 }
 
 /// One wanted output.
@@ -208,249 +210,67 @@ pub fn encode_response(
     request: &DecodedRequest,
     outputs: &[(String, Tensor)],
 ) -> (Bytes, Option<usize>) {
+    // Written as text, not built as a JSON tree: outputs can be as large as inputs.
+    let mut out = Vec::new();
     let mut binary = Vec::new();
-    let tensors: Vec<Value> = outputs
-        .iter()
-        .map(|(name, tensor)| {
-            let mut out = json!({
-                "name": name,
-                "datatype": datatype_name(tensor.dtype()),
-                "shape": tensor.wire_shape(),
-            });
-            if request.binary(name) {
-                let raw = tensor_to_raw(tensor);
-                out["parameters"] = json!({ "binary_data_size": raw.len() });
-                binary.push(raw);
-            } else {
-                out["data"] = tensor_to_json(tensor);
-            }
-            out
-        })
-        .collect();
-    let mut body = json!({
-        "model_name": model,
-        "model_version": version.to_string(),
-        "outputs": tensors,
-    });
+    out.extend_from_slice(b"{\"model_name\":");
+    put(&mut out, model);
+    out.extend_from_slice(b",\"model_version\":");
+    put(&mut out, &version.to_string());
     if let Some(id) = &request.id {
-        body["id"] = json!(id);
+        out.extend_from_slice(b",\"id\":");
+        put(&mut out, id);
     }
-    let header = body.to_string();
+    out.extend_from_slice(b",\"outputs\":[");
+    for (i, (name, tensor)) in outputs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"name\":");
+        put(&mut out, name);
+        out.extend_from_slice(b",\"datatype\":");
+        put(&mut out, datatype_name(tensor.dtype()));
+        out.extend_from_slice(b",\"shape\":");
+        put(&mut out, &tensor.wire_shape());
+        if request.binary(name) {
+            let raw = tensor_to_raw(tensor);
+            out.extend_from_slice(
+                format!(",\"parameters\":{{\"binary_data_size\":{}}}", raw.len()).as_bytes(),
+            );
+            binary.push(raw);
+        } else {
+            out.extend_from_slice(b",\"data\":");
+            if let Err(e) = write_json(&mut out, tensor) {
+                // Only a value serde cannot write could fail: none of a tensor's can.
+                tracing::error!(error = %e, output = %name, "cannot write an output as JSON");
+                out.extend_from_slice(b"[]");
+            }
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
     if binary.is_empty() {
-        return (Bytes::from(header), None);
+        return (Bytes::from(out), None);
     }
-    let length = header.len();
-    let mut out = BytesMut::with_capacity(length + binary.iter().map(Bytes::len).sum::<usize>());
-    out.extend_from_slice(header.as_bytes());
+    let length = out.len();
+    let mut body = BytesMut::with_capacity(length + binary.iter().map(Bytes::len).sum::<usize>());
+    body.extend_from_slice(&out);
     for raw in binary {
-        out.extend_from_slice(&raw);
+        body.extend_from_slice(&raw);
     }
-    (out.freeze(), Some(length))
+    (body.freeze(), Some(length))
 }
 
-/// Why JSON `data` does not fit the datatype.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-enum DataError {
-    #[error(transparent)]
-    Contents(#[from] ContentsError),
-    #[error("element {index} is {got}, not {expected}")]
-    Element {
-        index: usize,
-        expected: &'static str,
-        got: String,
-    },
-    #[error("FP16 cannot be sent as JSON numbers; send it as binary data (binary_data_size)")]
-    Half,
-}
-
-impl From<TensorError> for DataError {
-    fn from(e: TensorError) -> Self {
-        DataError::Contents(ContentsError::Tensor(e))
-    }
-}
-
-/// Flattens nested arrays (row-major) into their scalar elements.
-fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
-        scalar => out.push(scalar),
-    }
-}
-
-fn tensor_from_json(dtype: DType, shape: &[i64], data: &Value) -> Result<Tensor, DataError> {
-    let shape = shape_from_wire(shape)?;
-    let mut values = Vec::new();
-    flatten(data, &mut values);
-    let wrong = |index: usize, expected: &'static str, got: &Value| DataError::Element {
-        index,
-        expected,
-        got: got.to_string().chars().take(40).collect(),
-    };
-    fn numbers<T: Element>(
-        dtype: DType,
-        shape: Vec<usize>,
-        values: &[&Value],
-        convert: impl Fn(&Value) -> Option<Result<T, i128>>,
-        expected: &'static str,
-    ) -> Result<Tensor, DataError> {
-        let mut typed = Vec::with_capacity(values.len());
-        for (index, v) in values.iter().enumerate() {
-            match convert(v) {
-                Some(Ok(t)) => typed.push(t),
-                Some(Err(value)) => {
-                    return Err(TensorError::OutOfRange {
-                        dtype,
-                        index,
-                        value,
-                    }
-                    .into());
-                }
-                None => {
-                    return Err(DataError::Element {
-                        index,
-                        expected,
-                        got: v.to_string().chars().take(40).collect(),
-                    });
-                }
-            }
-        }
-        Ok(Tensor::from_values(shape, &typed)?)
-    }
-    fn int<T: TryFrom<i128>>(v: &Value) -> Option<Result<T, i128>> {
-        let wide = v
-            .as_i64()
-            .map(i128::from)
-            .or_else(|| v.as_u64().map(i128::from))?;
-        Some(T::try_from(wide).map_err(|_| wide))
-    }
-    let float = |v: &Value| v.as_f64();
-    match dtype {
-        DType::F32 => numbers(
-            dtype,
-            shape,
-            &values,
-            |v| float(v).map(|f| Ok(f as f32)),
-            "a number",
-        ),
-        DType::F64 => numbers(dtype, shape, &values, |v| float(v).map(Ok), "a number"),
-        DType::I8 => numbers(dtype, shape, &values, int::<i8>, "an integer"),
-        DType::I16 => numbers(dtype, shape, &values, int::<i16>, "an integer"),
-        DType::I32 => numbers(dtype, shape, &values, int::<i32>, "an integer"),
-        DType::I64 => numbers(dtype, shape, &values, int::<i64>, "an integer"),
-        DType::U8 => numbers(dtype, shape, &values, int::<u8>, "an integer"),
-        DType::U16 => numbers(dtype, shape, &values, int::<u16>, "an integer"),
-        DType::U32 => numbers(dtype, shape, &values, int::<u32>, "an integer"),
-        DType::U64 => numbers(dtype, shape, &values, int::<u64>, "an integer"),
-        DType::Bool => numbers(
-            dtype,
-            shape,
-            &values,
-            |v| v.as_bool().map(Ok),
-            "true or false",
-        ),
-        DType::String => {
-            let mut strings = Vec::with_capacity(values.len());
-            for (index, v) in values.iter().enumerate() {
-                strings.push(
-                    v.as_str()
-                        .ok_or_else(|| wrong(index, "a string", v))?
-                        .to_string(),
-                );
-            }
-            Ok(Tensor::from_strings(shape, strings)?)
-        }
-        DType::F16 => Err(DataError::Half),
-    }
-}
-
-/// A tensor's values as a flat JSON array.
-fn tensor_to_json(tensor: &Tensor) -> Value {
-    fn all<T: Element + Into<Value>>(t: &Tensor) -> Value {
-        Value::Array(
-            t.to_values::<T>()
-                .unwrap_or_default()
-                .into_iter()
-                .map(Into::into)
-                .collect(),
-        )
-    }
-    // An f32 widened to f64 prints as 0.9600001573562622; its own shortest form, 0.96000016,
-    // reads back as the same f32 and is what a person expects to see.
-    let short = |f: f32| Value::from(f.to_string().parse::<f64>().unwrap_or(f64::from(f)));
-    match tensor.dtype() {
-        DType::F32 => Value::Array(
-            tensor
-                .to_values::<f32>()
-                .unwrap_or_default()
-                .into_iter()
-                .map(short)
-                .collect(),
-        ),
-        DType::F64 => all::<f64>(tensor),
-        DType::I8 => all::<i8>(tensor),
-        DType::I16 => all::<i16>(tensor),
-        DType::I32 => all::<i32>(tensor),
-        DType::I64 => all::<i64>(tensor),
-        DType::U8 => all::<u8>(tensor),
-        DType::U16 => all::<u16>(tensor),
-        DType::U32 => all::<u32>(tensor),
-        DType::U64 => all::<u64>(tensor),
-        DType::Bool => all::<bool>(tensor),
-        DType::String => Value::Array(
-            tensor
-                .strings()
-                .unwrap_or_default()
-                .iter()
-                .map(|s| Value::from(s.as_str()))
-                .collect(),
-        ),
-        // No Rust type carries FP16; read the halves from the little-endian bytes.
-        DType::F16 => Value::Array(
-            tensor
-                .bytes()
-                .map(|b| b.chunks_exact(2))
-                .into_iter()
-                .flatten()
-                .map(|half| short(f16_to_f32(u16::from_le_bytes([half[0], half[1]]))))
-                .collect(),
-        ),
-    }
-}
-
-/// IEEE half-precision bits to `f32` (exact: every half value is an `f32` value).
-fn f16_to_f32(bits: u16) -> f32 {
-    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exponent = i32::from((bits >> 10) & 0x1f);
-    let fraction = f32::from(bits & 0x3ff);
-    match exponent {
-        0 => sign * fraction * 2f32.powi(-24),
-        0x1f if fraction == 0.0 => sign * f32::INFINITY,
-        0x1f => f32::NAN,
-        e => sign * (1.0 + fraction / 1024.0) * 2f32.powi(e - 15),
-    }
+/// Appends `value` as JSON.
+fn put(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
+    // Strings and lists of numbers always serialize; there is no error to pass on.
+    let _ = serde_json::to_writer(out, value);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nested_and_flat_data_read_the_same() {
-        let nested = tensor_from_json(DType::F32, &[2, 2], &json!([[1, 2.5], [3, 4]])).unwrap();
-        let flat = tensor_from_json(DType::F32, &[2, 2], &json!([1, 2.5, 3, 4])).unwrap();
-        assert_eq!(nested, flat);
-        assert_eq!(flat.to_values::<f32>().unwrap(), vec![1.0, 2.5, 3.0, 4.0]);
-    }
-
-    #[test]
-    fn json_values_are_checked_against_the_datatype() {
-        let err = tensor_from_json(DType::I64, &[2], &json!([1, "x"])).unwrap_err();
-        assert_eq!(err.to_string(), "element 1 is \"x\", not an integer");
-        let err = tensor_from_json(DType::U8, &[1], &json!([256])).unwrap_err();
-        assert!(err.to_string().contains("256"), "{err}");
-        let err = tensor_from_json(DType::F32, &[3], &json!([1, 2])).unwrap_err();
-        assert!(err.to_string().contains("3"), "{err}");
-    }
+    use serde_json::json;
 
     #[test]
     fn binary_inputs_take_their_declared_share_in_order() {
@@ -509,21 +329,5 @@ mod tests {
         assert_eq!(header["model_version"], "3");
         assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 8);
         assert_eq!(&body[length..], &[0, 0, 0xc0, 0x3f, 0, 0, 0, 0xc0]);
-    }
-
-    #[test]
-    fn fp16_outputs_become_json_numbers() {
-        let halves = Bytes::from_static(&[0x00, 0x3c, 0x00, 0xc0]);
-        let tensor = Tensor::from_bytes(DType::F16, vec![2], halves).unwrap();
-        assert_eq!(tensor_to_json(&tensor), json!([1.0, -2.0]));
-    }
-
-    #[test]
-    fn half_floats_become_json_numbers() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
-        assert!(f16_to_f32(0x7e00).is_nan());
     }
 }

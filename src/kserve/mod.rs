@@ -4,6 +4,7 @@
 pub mod convert;
 pub mod grpc;
 pub mod json;
+mod json_data;
 pub mod model_info;
 pub mod repository;
 pub mod rest;

@@ -11,11 +11,14 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::map_request_body::MapRequestBodyLayer;
 
 use crate::edge::layers::Deadlines;
 use crate::edge::status::ApiError;
@@ -38,6 +41,7 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 struct Rest {
     registry: Arc<Registry>,
     lifecycle: Arc<Lifecycle>,
+    max_body_bytes: usize,
 }
 
 /// The REST routes, answering from `registry` and changing it through `lifecycle`. Bodies
@@ -47,6 +51,7 @@ pub fn router(registry: Arc<Registry>, lifecycle: Arc<Lifecycle>, max_body_bytes
     let state = Rest {
         registry,
         lifecycle,
+        max_body_bytes,
     };
     Router::new()
         .route("/v2", get(server_metadata))
@@ -80,6 +85,11 @@ pub fn router(registry: Arc<Registry>, lifecycle: Arc<Lifecycle>, max_body_bytes
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // gzip and deflate bodies, as tritonclient's request_compression_algorithm sends
+        // them. The body limit above counts the bytes decompressed, so a small bomb cannot
+        // make the server hold more than a plain body could.
+        .layer(MapRequestBodyLayer::new(Body::new))
+        .layer(RequestDecompressionLayer::new().gzip(true).deflate(true))
         .with_state(state)
 }
 
@@ -340,7 +350,7 @@ async fn infer_latest(
     Path(model): Path<String>,
     extensions: Extensions,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     run_infer(rest, model, String::new(), &extensions, headers, body).await
 }
@@ -350,7 +360,7 @@ async fn infer_version(
     Path((model, version)): Path<(String, String)>,
     extensions: Extensions,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     run_infer(rest, model, version, &extensions, headers, body).await
 }
@@ -361,8 +371,29 @@ async fn run_infer(
     version: String,
     extensions: &Extensions,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                ErrorKind::TooLarge,
+                format!(
+                    "model '{model}': the request body is over the server's limit of {} bytes (--max-message-bytes; a compressed body counts decompressed)",
+                    rest.max_body_bytes
+                ),
+            );
+        }
+        Err(rejection) => {
+            return error(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "model '{model}': the request body cannot be read: {}",
+                    rejection.body_text()
+                ),
+            );
+        }
+    };
     // The edge stack's deadline: its own timer answers 504, and the scheduler drops the
     // request if it is still queued by then.
     let deadline = extensions
