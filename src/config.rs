@@ -37,6 +37,8 @@ pub mod defaults {
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     /// Inference requests in progress at once, over all models.
     pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
+    /// At about 15 KiB of transport buffers each, 4,096 idle streams hold some 60 MiB.
+    pub const MAX_OPEN_STREAMS: usize = 4096;
     /// How long calls in flight may take to finish once shutdown begins.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
     /// How often idle HTTP/2 connections are pinged.
@@ -225,6 +227,10 @@ pub struct ServeArgs {
     /// they get RESOURCE_EXHAUSTED at once.
     #[arg(long, default_value_t = defaults::MAX_CONCURRENT_REQUESTS, env = "PREDICTD_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: usize,
+    /// Streaming calls open at once, over all connections; beyond it new streams get
+    /// RESOURCE_EXHAUSTED, so that idle streams cannot take the server's memory.
+    #[arg(long, default_value_t = defaults::MAX_OPEN_STREAMS, env = "PREDICTD_MAX_OPEN_STREAMS")]
+    pub max_open_streams: usize,
     /// How long calls in flight may take to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = defaults::SHUTDOWN_GRACE.into(), env = "PREDICTD_SHUTDOWN_GRACE")]
     pub shutdown_grace: humantime::Duration,
@@ -396,6 +402,7 @@ impl ServeArgs {
                 "max-concurrent-requests",
                 self.max_concurrent_requests,
             )?,
+            max_open_streams: positive("max-open-streams", self.max_open_streams)?,
             shutdown_grace: self.shutdown_grace.into(),
             http2: Http2Config {
                 keepalive_interval: Some(self.http2_keepalive_interval.into())

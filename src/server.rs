@@ -52,6 +52,9 @@ pub struct ServeConfig {
     /// Inference requests (and stream messages) in progress at once, over all models; beyond
     /// it, requests get RESOURCE_EXHAUSTED at once.
     pub max_concurrent_requests: usize,
+    /// Streaming calls open at once, over all connections; beyond it, new streams get
+    /// RESOURCE_EXHAUSTED.
+    pub max_open_streams: usize,
     /// How long requests in flight may take to finish once shutdown begins.
     pub shutdown_grace: Duration,
     /// HTTP/2 and TCP settings.
@@ -98,6 +101,7 @@ impl ServeConfig {
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,
             request_timeout: defaults::REQUEST_TIMEOUT,
             max_concurrent_requests: defaults::MAX_CONCURRENT_REQUESTS,
+            max_open_streams: defaults::MAX_OPEN_STREAMS,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             http2: Http2Config {
                 keepalive_interval: Some(defaults::HTTP2_KEEPALIVE_INTERVAL),
@@ -273,7 +277,11 @@ impl App {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
         // One pool of permits for every inference request and stream message.
-        let admission = Admission::new(config.max_concurrent_requests, Arc::default());
+        let admission = Admission::new(
+            config.max_concurrent_requests,
+            config.max_open_streams,
+            Arc::default(),
+        );
         let prediction = PredictionServiceServer::new(PredictionService::new(
             Arc::clone(&registry),
             admission.clone(),

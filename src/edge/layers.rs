@@ -125,16 +125,37 @@ pub struct EdgeCounters {
 #[derive(Debug, Clone)]
 pub struct Admission {
     permits: Arc<Semaphore>,
+    /// One per open stream: an idle stream costs the transport's buffers (about 15 KiB), and
+    /// clients could otherwise open them without end over many connections.
+    streams: Arc<Semaphore>,
+    max_open_streams: usize,
     counters: Arc<EdgeCounters>,
 }
 
 impl Admission {
-    /// `permits` permits, counting into `counters`.
-    pub fn new(permits: usize, counters: Arc<EdgeCounters>) -> Admission {
+    /// `permits` permits and `max_open_streams` stream slots, counting into `counters`.
+    pub fn new(permits: usize, max_open_streams: usize, counters: Arc<EdgeCounters>) -> Admission {
         Admission {
             permits: Arc::new(Semaphore::new(permits)),
+            streams: Arc::new(Semaphore::new(max_open_streams)),
+            max_open_streams,
             counters,
         }
+    }
+
+    /// A slot for a stream, held as long as it is open, or the refusal (counted as shed) when
+    /// every one is taken.
+    pub fn try_open_stream(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
+            self.counters.shed.fetch_add(1, Relaxed);
+            ApiError::new(
+                ErrorKind::ResourceExhausted,
+                format!(
+                    "the server has {} streams open, its limit (--max-open-streams); close one or retry later",
+                    self.max_open_streams
+                ),
+            )
+        })
     }
 
     /// A permit, or `None` (counted as shed) if every one is taken.

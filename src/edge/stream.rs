@@ -5,9 +5,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt, stream};
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::{Request, Status, Streaming};
 
 use crate::edge::layers::{Admission, Deadlines, deadline_exceeded, overloaded};
@@ -39,19 +41,21 @@ pub fn trace<T>(request: &Request<T>) -> Option<Sampled> {
 
 /// Answers every message of `request`'s stream with `answer(message, deadline)`, or with
 /// `refuse(message, status)` when no concurrency permit is free. A message that cannot be read
-/// ends the stream: the transport is broken.
+/// ends the stream: the transport is broken. The stream holds one of the server's stream slots
+/// while it is open, and is refused RESOURCE_EXHAUSTED when none is free.
 pub fn answer_in_order<M, R, F, Fut>(
     request: Request<Streaming<M>>,
     admission: Admission,
     answer: F,
     refuse: fn(M, Status) -> R,
-) -> ReplyStream<R>
+) -> Result<ReplyStream<R>, Status>
 where
     M: Send + 'static,
     R: Send + 'static,
     F: Fn(M, Instant) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = R> + Send,
 {
+    let slot = admission.try_open_stream()?;
     let deadlines = deadlines(&request);
     let replies = request
         .into_inner()
@@ -69,7 +73,7 @@ where
             }
         })
         .buffered(STREAM_WINDOW);
-    match deadlines.client {
+    let replies: ReplyStream<R> = match deadlines.client {
         None => Box::pin(replies),
         Some(at) => Box::pin(
             replies
@@ -82,5 +86,23 @@ where
                     ),
                 ),
         ),
+    };
+    Ok(Box::pin(Holding {
+        replies,
+        _slot: slot,
+    }))
+}
+
+/// A stream of replies that holds its stream slot until it is dropped.
+struct Holding<R> {
+    replies: ReplyStream<R>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl<R> Stream for Holding<R> {
+    type Item = Result<R, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.replies.as_mut().poll_next(cx)
     }
 }

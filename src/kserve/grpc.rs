@@ -50,7 +50,7 @@ impl InferenceService {
 
 /// Decodes a request's inputs: from `raw_input_contents` (one entry per input, in order) when
 /// it has any, else from each input's typed `contents`.
-fn decode_inputs(
+pub fn decode_inputs(
     request: &mut pb::ModelInferRequest,
     version: u64,
 ) -> Result<Vec<(String, Tensor)>, Status> {
@@ -249,12 +249,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
                 }
             }
         };
-        Ok(Response::new(answer_in_order(
-            request,
-            self.admission.clone(),
-            answer,
-            stream_error,
-        )))
+        answer_in_order(request, self.admission.clone(), answer, stream_error).map(Response::new)
     }
 
     async fn model_config(

@@ -128,12 +128,7 @@ impl pb::prediction_service_server::PredictionService for PredictionService {
             id: request.id,
             result: Some(pb::predict_stream_response::Result::Error(to_rpc(&status))),
         };
-        Ok(Response::new(answer_in_order(
-            request,
-            self.admission.clone(),
-            answer,
-            refuse,
-        )))
+        answer_in_order(request, self.admission.clone(), answer, refuse).map(Response::new)
     }
 
     async fn list_models(
