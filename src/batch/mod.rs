@@ -18,7 +18,8 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 
 use crate::columns::{BindError, Binding, ListLayout, Mapping, ScoreError};
 use crate::engine::model::Model;
-use crate::engine::open::{OpenDefaults, OpenError, Opened, open_named};
+use crate::engine::open::{OpenDefaults, OpenError, open_named};
+use crate::engine::repository::ModelConfig;
 use crate::engine::tensor::DType;
 
 pub use source::{Format, Unit};
@@ -205,18 +206,28 @@ pub struct Job {
 impl Job {
     /// Finds the inputs and the model, loads it, and binds the first file's columns to it.
     pub fn prepare(options: &Options) -> Result<Job, BatchError> {
+        let opened = open_named(
+            &options.models,
+            &options.model,
+            &options.version,
+            &OpenDefaults::default(),
+        )?;
+        Job::with_model(options, Arc::new(opened.model), &opened.config)
+    }
+
+    /// Finds the inputs and binds the first file's columns to `model`, the model `options`
+    /// names, already loaded with its `config`.
+    pub fn with_model(
+        options: &Options,
+        model: Arc<Model>,
+        config: &ModelConfig,
+    ) -> Result<Job, BatchError> {
         let output_format = Format::of(&options.output)?;
         let files = source::expand(&options.inputs)?;
         let first = files.first().ok_or_else(|| BatchError::NoFiles {
             input: options.inputs.join(" "),
         })?;
         let mut schema = source::schema(first)?;
-        let Opened { model, config } = open_named(
-            &options.models,
-            &options.model,
-            &options.version,
-            &OpenDefaults::default(),
-        )?;
         let layout = match output_format {
             Format::Parquet => ListLayout::FixedSizeList,
             Format::Csv => ListLayout::Columns,
@@ -246,7 +257,7 @@ impl Job {
         Ok(Job {
             projection: binding.columns_used(),
             binding: binding.projected(),
-            model: Arc::new(model),
+            model,
             schema,
             units,
             output: options.output.clone(),

@@ -181,6 +181,28 @@ impl Model {
         path: &Path,
         fixed_batch_sizes: &[usize],
     ) -> Result<Model, LoadError> {
+        // tract panics on some malformed files (tract#499) instead of returning an error; a bad
+        // upload must cost its own load, not the server.
+        catch_unwind(AssertUnwindSafe(|| {
+            Model::load_unguarded(name, version, path, fixed_batch_sizes)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(LoadError {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the file is not a model the engine can read (it failed with: {})",
+                    panic_message(panic.as_ref())
+                ),
+            })
+        })
+    }
+
+    fn load_unguarded(
+        name: &str,
+        version: u64,
+        path: &Path,
+        fixed_batch_sizes: &[usize],
+    ) -> Result<Model, LoadError> {
         let fail = |e: tract_onnx::prelude::TractError| LoadError {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
