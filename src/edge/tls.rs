@@ -298,13 +298,16 @@ impl Tls {
                 };
                 let done = done.clone();
                 tokio::spawn(async move {
-                    let handshake = TlsAcceptor::from(config).accept(tcp);
+                    let handshake = TlsAcceptor::from(config).accept(tcp).into_fallible();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                         Ok(Ok(stream)) => {
                             drop(permit);
                             let _ = done.send(TlsConnection { stream, peer }).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Ok(Err((e, tcp))) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            close_after_alert(tcp).await;
+                        }
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 });
@@ -312,6 +315,27 @@ impl Tls {
         });
         incoming
     }
+}
+
+/// Closes a connection whose handshake failed so that the client reads the alert sent (a
+/// certificate required, or from an unknown CA): in TLS 1.3 a client sends its first request
+/// before the server has checked its certificate, and closing with that request unread would
+/// reset the connection, and the alert with it. What the client sends is read and dropped for
+/// a moment, at most 64 KiB, before the socket closes.
+async fn close_after_alert(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let drain = async {
+        let mut read = 0;
+        while read < 64 * 1024 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// A connection past its handshake.
