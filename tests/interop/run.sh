@@ -9,7 +9,9 @@
 #   2. a fresh repository of never-seen models written by unseen_models.py, checked against
 #      onnxruntime's outputs, and `predictd batch` on the README's example files and on those
 #      models fed from user-named columns (batch_check.py);
-# and on both, the KServe v2 / Triton protocol with tritonclient (triton_check.py).
+# and on both, the KServe v2 / Triton protocol with tritonclient (triton_check.py); then the
+# repository API, metrics and traces; and TLS (tls_check.py): grpcurl, curl and tritonclient
+# trusting CAs made with openssl, mutual TLS, and a certificate rotated under a connected client.
 # Prints "ok - ..." / "not ok - ...: ..." per check and ends with "N passed, M failed".
 set -euo pipefail
 
@@ -105,14 +107,29 @@ gc() { # [FLAGS] ADDR [list|describe] [SYMBOL]: grpcurl in plaintext, time-bound
 serve() { # MODELS LOG NAME [FLAGS...]: starts predictd on free ports in the background, sets ADDR (gRPC) and
     # HTTP (REST), waits (at most 60 s) for the log line that says its models are loaded, then
     # checks that Health/Check says "" is SERVING; returns 1 (after a not ok) if it does not
-    local models=$1 log=$2 name=$3 ports pid line follower out=""
+    launch "$@" && serving "$3" "$2" -plaintext
+}
+
+serve_tls() { # CA CLIENT MODELS LOG NAME [FLAGS...]: serve, FLAGS holding the server's --tls-*
+    # ones, its health asked by grpcurl over TLS trusting CA (a file), presenting CLIENT.pem and
+    # CLIENT.key as its certificate unless CLIENT is ""
+    local trust=(-cacert "$1")
+    [ -z "$2" ] || trust+=(-cert "$2.pem" -key "$2.key")
+    launch "${@:3}" && serving "$5" "$4" "${trust[@]}"
+}
+
+launch() { # MODELS LOG NAME [FLAGS...]: serve up to the log line; no health check
+    local models=$1 log=$2 name=$3 ports pid line follower
     if ! ports=$("$PY" tests/interop/check.py ports 2 2>&1); then
         not_ok "pick free ports" "$ports"
         return 1
     fi
     ADDR=127.0.0.1:${ports% *}
     HTTP=127.0.0.1:${ports#* }
-    "$BIN" serve --models "$models" --grpc-addr "$ADDR" --http-addr "$HTTP" "${@:4}" >"$log" 2>&1 &
+    # The log exists before tail follows it (the server, started in the background, may open it
+    # later).
+    : >"$log"
+    "$BIN" serve --models "$models" --grpc-addr "$ADDR" --http-addr "$HTTP" "${@:4}" >>"$log" 2>&1 &
     pid=$!
     SERVER_PIDS+=("$pid")
     # tail -f wakes on each line the server writes, and ends with the server or after 60 s.
@@ -125,8 +142,13 @@ serve() { # MODELS LOG NAME [FLAGS...]: starts predictd on free ports in the bac
         not_ok "server on $name becomes SERVING" "server exited; log: $(tail -n 5 "$log")"
         return 1
     fi
-    if out=$(gc -connect-timeout 2 -d '{"service": ""}' "$ADDR" grpc.health.v1.Health/Check) &&
-        grep -q '"SERVING"' <<<"$out"; then
+}
+
+serving() { # NAME LOG GRPCURL_FLAGS...: Health/Check on ADDR, with those flags, says "" is SERVING
+    local name=$1 log=$2 out=""
+    shift 2
+    if out=$(grpcurl -max-time 30 -connect-timeout 2 "$@" -d '{"service": ""}' "$ADDR" \
+        grpc.health.v1.Health/Check 2>&1) && grep -q '"SERVING"' <<<"$out"; then
         ok "server on $name becomes SERVING"
         return 0
     fi
@@ -415,11 +437,232 @@ traces() {
     done
 }
 
+# ---------------------------------------------------------------- TLS
+
+make_ca() { # DIR NAME: a self-signed CA in DIR/NAME.pem, its key in DIR/NAME.key
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout "$1/$2.key" -out "$1/$2.pem" -subj "/CN=predictd interop $2" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+}
+
+make_leaf() { # DIR NAME CA USAGE: DIR/NAME.pem and .key, signed by DIR/CA, for USAGE
+    # (serverAuth or clientAuth). Go's crypto/x509 (grpcurl) reads names from the SAN only.
+    printf '%s\n' basicConstraints=CA:FALSE keyUsage=critical,digitalSignature \
+        "extendedKeyUsage=$4" subjectAltName=IP:127.0.0.1,DNS:localhost >"$1/$2.ext"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1/$2.key" \
+        -out "$1/$2.csr" -subj "/CN=predictd interop $2" &&
+        openssl x509 -req -in "$1/$2.csr" -CA "$1/$3.pem" -CAkey "$1/$3.key" -CAcreateserial \
+            -days 2 -extfile "$1/$2.ext" -out "$1/$2.pem"
+}
+
+make_certs() { # DIR: ca signs server; client_ca signs client; ca signs rogue, a client
+    # certificate the client CA did not sign; ca1 signs a, ca2 signs b (for the rotation)
+    make_ca "$1" ca && make_leaf "$1" server ca serverAuth &&
+        make_ca "$1" client_ca && make_leaf "$1" client client_ca clientAuth &&
+        make_leaf "$1" rogue ca clientAuth &&
+        make_ca "$1" ca1 && make_leaf "$1" a ca1 serverAuth &&
+        make_ca "$1" ca2 && make_leaf "$1" b ca2 serverAuth
+}
+
+gt() { # FLAGS... ADDR [list|describe] [SYMBOL]: grpcurl over TLS, trusting what FLAGS say
+    # (-cacert ..., -cert/-key), time-bounded, stderr too
+    grpcurl -max-time 30 "$@" 2>&1
+}
+
+grpcurl_serving() { # WHAT SERVICE FLAGS...: grpcurl with FLAGS says health SERVICE on ADDR is SERVING
+    local what=$1 service=$2 out
+    shift 2
+    out=$(gt "$@" -d "{\"service\": \"$service\"}" "$ADDR" grpc.health.v1.Health/Check) || true
+    if grep -q '"SERVING"' <<<"$out"; then ok "$what"; else not_ok "$what" "$out"; fi
+}
+
+grpcurl_refused() { # WHAT PATTERN FLAGS...: grpcurl with FLAGS gets no health answer from ADDR
+    # and fails with an output matching PATTERN (an extended regular expression): why it was refused
+    local what=$1 pattern=$2 out rc=0
+    shift 2
+    out=$(gt "$@" -d '{"service": ""}' "$ADDR" grpc.health.v1.Health/Check) || rc=$?
+    if [ "$rc" -ne 0 ] && ! grep -q '"SERVING"' <<<"$out" && grep -qE -- "$pattern" <<<"$out"; then
+        ok "$what"
+    else
+        not_ok "$what" "grpcurl exit code $rc, want a failure matching /$pattern/: $out"
+    fi
+}
+
+curl_gets() { # WHAT WANT URL [CURL_FLAGS...]: curl's outcome matches WANT (an extended regular
+    # expression): an HTTP status, or "exit N [curl's message]" when curl fails with exit code N
+    # (60: the server's certificate did not verify; 56 with the server's TLS alert)
+    local what=$1 want=$2 url=$3 out rc=0 got
+    shift 3
+    out=$(curl -sS --max-time 30 -o "$TMP/curl-body" -w '%{http_code}' "$@" "$url" 2>&1) || rc=$?
+    if [ "$rc" -eq 0 ]; then got=$out; else got="exit $rc $(tr '\n' ' ' <<<"$out")"; fi
+    if [[ $got =~ ^($want)( |$) ]]; then ok "$what"; else not_ok "$what" "got $got, want $want"; fi
+}
+
+alert_is() { # WHAT PATTERN S_CLIENT_FLAGS...: openssl s_client on HTTP completes the handshake,
+    # then reads from the server an alert matching PATTERN (a fixed string)
+    local what=$1 pattern=$2 out
+    shift 2
+    # -ign_eof: with nothing to send, read until the server closes.
+    out=$(timeout 20 openssl s_client -connect "$HTTP" -verify_return_error -ign_eof "$@" </dev/null 2>&1) || true
+    if grep -q "^Verify return code: 0 (ok)" <<<"$out" && grep -qF -- "$pattern" <<<"$out"; then
+        ok "$what"
+    else
+        not_ok "$what" "$(grep -E 'alert|error|Verify return' <<<"$out")"
+    fi
+}
+
+tls() {
+    local certs=$TMP/tls repo=$TMP/tls-models ref=models/diabetes_linear/reference.json out
+    mkdir -p "$certs" "$repo/diabetes_linear/1"
+    cp models/diabetes_linear/1/model.onnx "$repo/diabetes_linear/1/"
+    if ! out=$(make_certs "$certs" 2>&1); then
+        not_ok "openssl makes the CAs and certificates" "$out"
+        return 0
+    fi
+    ok "openssl makes the CAs and certificates (SAN IP:127.0.0.1, DNS:localhost)"
+    # The requests grpcurl (predictd.v1 Predict) and curl (KServe v2 JSON) send.
+    if ! out=$({ "$PY" tests/interop/check.py request "$ref" >"$TMP/tls-req.json" &&
+        "$PY" tests/interop/tls_check.py v2-request "$ref" >"$TMP/tls-v2-req.json"; } 2>&1); then
+        not_ok "write the Predict and KServe v2 requests for $ref" "$out"
+        return 0
+    fi
+    local server=(--tls-cert "$certs/server.pem" --tls-key "$certs/server.key")
+    tls_one_way "$certs" "$repo" "$ref" "${server[@]}"
+    tls_mutual "$certs" "$repo" "$ref" "${server[@]}"
+    tls_rotation "$certs" "$repo" "$ref"
+}
+
+tls_one_way() { # CERTS REPO REFERENCE.json SERVER_TLS_FLAGS...: grpcurl, tritonclient and curl
+    # trusting the CA
+    local certs=$1 repo=$2 ref=$3 https
+    local ca=$certs/ca.pem
+    serve_tls "$ca" "" "$repo" "$TMP/server-tls.log" "TLS (grpcurl -cacert)" "${@:4}" || return 0
+    https=https://$HTTP
+    grpcurl_serving "grpcurl -cacert over TLS: health \"$SERVICE\" is SERVING" "$SERVICE" -cacert "$ca"
+    if gt -cacert "$ca" -d @ "$ADDR" "$SERVICE/Predict" <"$TMP/tls-req.json" >"$TMP/tls-reply.json"; then
+        check "grpcurl -cacert over TLS: Predict diabetes_linear matches its reference.json" \
+            "$PY" tests/interop/check.py compare "$ref" "$TMP/tls-reply.json"
+    else
+        not_ok "grpcurl -cacert over TLS: Predict diabetes_linear" "$(cat "$TMP/tls-reply.json")"
+    fi
+    grpcurl_refused "grpcurl trusting only the system roots is refused the server" \
+        "certificate signed by unknown authority"
+    grpcurl_refused "grpcurl -plaintext gets no answer from the TLS port" "Failed to dial target host" \
+        -plaintext -connect-timeout 2
+
+    tally "tritonclient grpc over TLS" "$PY" tests/interop/tls_check.py grpc "$ADDR" "$ca" "$ref"
+    tally "tritonclient http over TLS" "$PY" tests/interop/tls_check.py http "$HTTP" "$ca" "$ref"
+
+    curl_gets "curl --cacert GET /v2/health/ready is 200" 200 "$https/v2/health/ready" --cacert "$ca"
+    local version
+    version=$(curl -sS --max-time 30 --cacert "$ca" --http2 -o /dev/null -w '%{http_version}' \
+        "$https/v2/health/ready" 2>&1) || true
+    if [ "$version" = 2 ]; then
+        ok "curl --cacert --http2: ALPN picks HTTP/2 on the REST port"
+    else
+        not_ok "curl --cacert --http2: ALPN picks HTTP/2 on the REST port" "HTTP version: $version"
+    fi
+    curl_gets "curl --cacert --http1.1 GET /v2/health/ready is 200" 200 \
+        "$https/v2/health/ready" --cacert "$ca" --http1.1
+    curl_gets "curl --cacert POST /v2/models/diabetes_linear/infer is 200" 200 \
+        "$https/v2/models/diabetes_linear/infer" --cacert "$ca" -H 'content-type: application/json' \
+        --data-binary @"$TMP/tls-v2-req.json"
+    check "curl --cacert infer over TLS matches diabetes_linear's reference.json" \
+        "$PY" tests/interop/tls_check.py v2-compare "$ref" "$TMP/curl-body"
+    curl_gets "curl without --cacert fails verification (exit 60)" "exit 60" "$https/v2/health/ready"
+    # The server answers the bytes that are no ClientHello with a TLS alert, not HTTP.
+    curl_gets "curl http:// on the TLS port gets no HTTP status (exit 1: \"HTTP/0.9\", an alert)" \
+        "exit 1" "http://$HTTP/v2/health/ready"
+}
+
+tls_mutual() { # CERTS REPO REFERENCE.json SERVER_TLS_FLAGS...: --tls-client-ca, required then
+    # optional
+    local certs=$1 repo=$2 ref=$3 https
+    local ca=$certs/ca.pem client=$certs/client rogue=$certs/rogue
+    local mtls=("${@:4}" --tls-client-ca "$certs/client_ca.pem")
+    serve_tls "$ca" "$client" "$repo" "$TMP/server-mtls.log" "mutual TLS (grpcurl -cert/-key)" \
+        "${mtls[@]}" || return 0
+    https=https://$HTTP
+    # The server's verdict as an alert: s_client sends nothing, so it reads the alert in peace.
+    alert_is "mtls: openssl s_client without a client certificate reads the alert 'certificate required'" \
+        "alert certificate required" -CAfile "$ca"
+    alert_is "mtls: openssl s_client with a certificate another CA signed reads the alert 'unknown ca'" \
+        "alert unknown ca" -CAfile "$ca" -cert "$rogue.pem" -key "$rogue.key"
+    # The server reads what the client sent before closing, so curl, which writes at once, reads
+    # the alert too.
+    grpcurl_refused "mtls: grpcurl without a client certificate is refused" \
+        "Failed to dial target host" -cacert "$ca" -connect-timeout 2
+    grpcurl_serving "mtls: grpcurl -cert/-key signed by the client CA: health is SERVING" "" \
+        -cacert "$ca" -cert "$client.pem" -key "$client.key"
+    if gt -cacert "$ca" -cert "$client.pem" -key "$client.key" -d @ "$ADDR" "$SERVICE/Predict" \
+        <"$TMP/tls-req.json" >"$TMP/mtls-reply.json"; then
+        check "mtls: grpcurl -cert/-key Predict diabetes_linear matches its reference.json" \
+            "$PY" tests/interop/check.py compare "$ref" "$TMP/mtls-reply.json"
+    else
+        not_ok "mtls: grpcurl -cert/-key Predict diabetes_linear" "$(cat "$TMP/mtls-reply.json")"
+    fi
+    curl_gets "mtls: curl without a client certificate reads the alert 'certificate required'" \
+        "exit 56 .*alert certificate required.*" "$https/v2/health/ready" --cacert "$ca"
+    curl_gets "mtls: curl with a certificate another CA signed reads the alert 'unknown ca'" \
+        "exit 56 .*alert unknown ca.*" "$https/v2/health/ready" --cacert "$ca" --cert "$rogue.pem" --key "$rogue.key"
+    curl_gets "mtls: curl --cert/--key signed by the client CA: /v2/health/ready is 200" 200 \
+        "$https/v2/health/ready" --cacert "$ca" --cert "$client.pem" --key "$client.key"
+    curl_gets "mtls: curl --cert/--key POST infer is 200" 200 "$https/v2/models/diabetes_linear/infer" \
+        --cacert "$ca" --cert "$client.pem" --key "$client.key" -H 'content-type: application/json' \
+        --data-binary @"$TMP/tls-v2-req.json"
+    check "mtls: curl --cert/--key infer matches diabetes_linear's reference.json" \
+        "$PY" tests/interop/tls_check.py v2-compare "$ref" "$TMP/curl-body"
+    tally "tritonclient with and without client certificates (required)" \
+        "$PY" tests/interop/tls_check.py mtls required "$ADDR" "$HTTP" "$ca" "$client" "$rogue" "$ref"
+
+    # --tls-client-auth optional: no certificate is let in, one the client CA did not sign is not.
+    # (grpcurl, being Go, sends no certificate that the server's list of CA names does not name,
+    # so it cannot be the client with a wrong certificate.)
+    serve_tls "$ca" "" "$repo" "$TMP/server-mtls-optional.log" "optional mutual TLS (grpcurl without a certificate)" \
+        "${mtls[@]}" --tls-client-auth optional || return 0
+    https=https://$HTTP
+    curl_gets "optional mtls: curl without a client certificate: /v2/health/ready is 200" 200 \
+        "$https/v2/health/ready" --cacert "$ca"
+    curl_gets "optional mtls: curl --cert/--key signed by the client CA is 200" 200 \
+        "$https/v2/health/ready" --cacert "$ca" --cert "$client.pem" --key "$client.key"
+    curl_gets "optional mtls: curl with a certificate another CA signed reads the alert 'unknown ca'" \
+        "exit 56 .*alert unknown ca.*" "$https/v2/health/ready" --cacert "$ca" --cert "$rogue.pem" --key "$rogue.key"
+    alert_is "optional mtls: openssl s_client with a certificate another CA signed reads 'unknown ca'" \
+        "alert unknown ca" -CAfile "$ca" -cert "$rogue.pem" -key "$rogue.key"
+    tally "tritonclient with and without client certificates (optional)" \
+        "$PY" tests/interop/tls_check.py mtls optional "$ADDR" "$HTTP" "$ca" "$client" "$rogue" "$ref"
+}
+
+tls_rotation() { # CERTS REPO REFERENCE.json: a (CA1) replaced by b (CA2), SIGHUP, a client
+    # connected throughout
+    local dir=$TMP/tls-rotation certs=$1 repo=$2 ref=$3 name pid
+    mkdir -p "$dir"
+    for name in ca1.pem ca2.pem a.pem a.key b.pem b.key; do
+        cp "$certs/$name" "$dir/"
+    done
+    cp "$dir/a.pem" "$dir/live.pem"
+    cp "$dir/a.key" "$dir/live.key"
+    serve_tls "$dir/ca1.pem" "" "$repo" "$TMP/server-tls-rotation.log" "TLS with certificate a (CA1)" \
+        --tls-cert "$dir/live.pem" --tls-key "$dir/live.key" || return 0
+    pid=${SERVER_PIDS[-1]}
+    tally "tritonclient connected through a certificate rotation" \
+        "$PY" tests/interop/tls_check.py rotate "$ADDR" "$HTTP" "$pid" "$dir" "$ref"
+    grpcurl_serving "rotation: a new grpcurl -cacert CA2 gets SERVING" "" -cacert "$dir/ca2.pem"
+    grpcurl_refused "rotation: a new grpcurl -cacert CA1 is refused" \
+        "certificate signed by unknown authority" -cacert "$dir/ca1.pem"
+    if grep -q "TLS certificate re-read" "$TMP/server-tls-rotation.log"; then
+        ok "rotation: the server logs that it re-read the certificate"
+    else
+        not_ok "rotation: the server logs that it re-read the certificate" "$(tail -n 5 "$TMP/server-tls-rotation.log")"
+    fi
+}
+
 bundled
 unseen
 repository_api
 metrics
 traces
+tls
 
 if [ "$FAILED" -ne 0 ]; then
     for f in "$TMP"/server-*.log; do
