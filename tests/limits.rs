@@ -307,6 +307,20 @@ async fn a_gzip_bomb_is_refused_once_it_decompresses_past_the_body_limit() {
 use std::io::Read as _;
 
 #[tokio::test]
+async fn compressed_grpc_messages_are_refused_unread() {
+    let server = Server::start(&[]);
+    let mut client = Client::new(server.channel().await)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let refused = client
+        .predict(scale_request("scale", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    assert_names(refused.message(), &["gzip"]);
+    server.assert_serving().await;
+}
+
+#[tokio::test]
 async fn json_nested_a_million_deep_is_refused() {
     let server = Server::start(&[]);
     let depth = 1_000_000;

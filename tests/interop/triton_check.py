@@ -314,6 +314,14 @@ def http_suite(addr, references):
                 assert_matches(name, result.as_numpy(name), want)
         check(f"http: {model} infer, JSON tensors both ways, matches onnxruntime", infer_json)
 
+        def infer_compressed():
+            for algorithm in ("gzip", "deflate"):
+                result = client.infer(model, http_inputs(ref), request_compression_algorithm=algorithm)
+                for name, want in ref["output_arrays"].items():
+                    assert_matches(name, result.as_numpy(name), want)
+        check(f"http: {model} infer with gzip and deflate request bodies, matches onnxruntime",
+              infer_compressed)
+
     ref = references[0]
     model = ref["model"]
 
