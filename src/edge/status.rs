@@ -19,8 +19,8 @@ fn codes(kind: ErrorKind) -> (Code, StatusCode) {
         ErrorKind::InvalidArgument => (Code::InvalidArgument, StatusCode::BAD_REQUEST),
         ErrorKind::NotFound => (Code::NotFound, StatusCode::NOT_FOUND),
         ErrorKind::ResourceExhausted => (Code::ResourceExhausted, StatusCode::TOO_MANY_REQUESTS),
-        // gRPC's own code for a message over the limit.
-        ErrorKind::TooLarge => (Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE),
+        // The code tonic gives a gRPC message over the limit, so both transports agree.
+        ErrorKind::TooLarge => (Code::OutOfRange, StatusCode::PAYLOAD_TOO_LARGE),
         ErrorKind::DeadlineExceeded => (Code::DeadlineExceeded, StatusCode::GATEWAY_TIMEOUT),
         ErrorKind::FailedPrecondition => (Code::FailedPrecondition, StatusCode::BAD_REQUEST),
         ErrorKind::Unavailable => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
@@ -126,6 +126,7 @@ mod tests {
             (ErrorKind::InvalidArgument, Code::InvalidArgument, 400),
             (ErrorKind::NotFound, Code::NotFound, 404),
             (ErrorKind::ResourceExhausted, Code::ResourceExhausted, 429),
+            (ErrorKind::TooLarge, Code::OutOfRange, 413),
             (ErrorKind::DeadlineExceeded, Code::DeadlineExceeded, 504),
             (ErrorKind::FailedPrecondition, Code::FailedPrecondition, 400),
             (ErrorKind::Unavailable, Code::Unavailable, 503),
