@@ -284,22 +284,10 @@ pub(super) fn write_json(out: &mut Vec<u8>, tensor: &Tensor) -> serde_json::Resu
             .map(|b| b.chunks_exact(std::mem::size_of::<T>().max(1)));
         serde_json::Serializer::new(out).collect_seq(values.into_iter().flatten().map(T::get_le))
     }
-    // An f32 widened to f64 prints as 0.9600001573562622; its own shortest form, 0.96000016,
-    // reads back as the same f32 and is what a person expects to see. NaN and infinities
-    // become null, as JSON has no word for them.
-    fn short(f: f32) -> f64 {
-        f.to_string().parse::<f64>().unwrap_or(f64::from(f))
-    }
-    let mut serializer = serde_json::Serializer::new(&mut *out);
+    // serde_json writes an f32 in its own shortest form (0.96000016, not the 0.9600001573562622
+    // of its f64 widening), and NaN and infinities as null, as JSON has no word for them.
     match tensor.dtype() {
-        DType::F32 => {
-            let values = tensor
-                .bytes()
-                .map(|b| b.chunks_exact(4))
-                .into_iter()
-                .flatten();
-            serializer.collect_seq(values.map(|b| short(f32::get_le(b))))
-        }
+        DType::F32 => all::<f32>(out, tensor),
         DType::F64 => all::<f64>(out, tensor),
         DType::I8 => all::<i8>(out, tensor),
         DType::I16 => all::<i16>(out, tensor),
@@ -310,31 +298,20 @@ pub(super) fn write_json(out: &mut Vec<u8>, tensor: &Tensor) -> serde_json::Resu
         DType::U32 => all::<u32>(out, tensor),
         DType::U64 => all::<u64>(out, tensor),
         DType::Bool => all::<bool>(out, tensor),
-        DType::String => serializer.collect_seq(tensor.strings().unwrap_or_default()),
-        // No Rust type carries FP16; read the halves from the little-endian bytes.
+        DType::String => {
+            serde_json::Serializer::new(out).collect_seq(tensor.strings().unwrap_or_default())
+        }
+        // No Rust primitive carries FP16: its values are written as the f32s they widen to.
         DType::F16 => {
             let halves = tensor
                 .bytes()
                 .map(|b| b.chunks_exact(2))
                 .into_iter()
                 .flatten();
-            serializer.collect_seq(
-                halves.map(|half| short(f16_to_f32(u16::from_le_bytes([half[0], half[1]])))),
+            serde_json::Serializer::new(out).collect_seq(
+                halves.map(|half| half::f16::from_le_bytes([half[0], half[1]]).to_f32()),
             )
         }
-    }
-}
-
-/// IEEE half-precision bits to `f32` (exact: every half value is an `f32` value).
-fn f16_to_f32(bits: u16) -> f32 {
-    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exponent = i32::from((bits >> 10) & 0x1f);
-    let fraction = f32::from(bits & 0x3ff);
-    match exponent {
-        0 => sign * fraction * 2f32.powi(-24),
-        0x1f if fraction == 0.0 => sign * f32::INFINITY,
-        0x1f => f32::NAN,
-        e => sign * (1.0 + fraction / 1024.0) * 2f32.powi(e - 15),
     }
 }
 
@@ -404,11 +381,36 @@ mod tests {
     }
 
     #[test]
-    fn half_floats_become_json_numbers() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
-        assert!(f16_to_f32(0x7e00).is_nan());
+    fn every_f32_is_written_in_its_shortest_form() {
+        // Bit patterns spread over every sign, exponent and fraction (a prime stride).
+        let values: Vec<f32> = (0..u32::MAX / 65_521)
+            .map(|i| f32::from_bits(i.wrapping_mul(65_521)))
+            .filter(|v| v.is_finite())
+            .collect();
+        let tensor = Tensor::from_values(vec![values.len()], &values).unwrap();
+        let mut out = Vec::new();
+        write_json(&mut out, &tensor).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let written: Vec<&str> = text[1..text.len() - 1].split(',').collect();
+        assert_eq!(written.len(), values.len());
+        // Significant digits: those of the mantissa, less leading and trailing zeros.
+        fn digits(number: &str) -> usize {
+            let mantissa = number.split(['e', 'E']).next().unwrap_or_default();
+            let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+            digits.trim_matches('0').len()
+        }
+        for (written, value) in written.iter().zip(&values) {
+            let read: f32 = written.parse().unwrap();
+            assert_eq!(
+                read.to_bits(),
+                value.to_bits(),
+                "{value:e} written as {written}"
+            );
+            // No longer than Rust's shortest form (ties may round the other way).
+            assert!(
+                digits(written) <= digits(&value.to_string()),
+                "{value:e} written as {written}"
+            );
+        }
     }
 }
