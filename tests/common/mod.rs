@@ -159,28 +159,32 @@ pub async fn http_request(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,
-    body: &str,
+    body: impl AsRef<[u8]>,
     headers: &[(&str, &str)],
 ) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.as_ref();
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let extra: String = headers
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
         .collect();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (413) and close before it has read the whole body; what it
+    // answered is still there to read.
+    let _ = stream.write_all(body).await;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
+    let _ = stream.read_to_end(&mut answer).await;
     let answer = String::from_utf8_lossy(&answer).into_owned();
     let status = answer
         .split(' ')
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:.200}"));
     let (head, body) = answer
         .split_once("\r\n\r\n")
         .map_or((answer.clone(), String::new()), |(h, b)| {
