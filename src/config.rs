@@ -197,6 +197,13 @@ pub struct ServeArgs {
     /// Worker threads per model, unless its config.toml says otherwise [default: one per core].
     #[arg(long, env = "PREDICTD_WORKERS")]
     pub workers: Option<usize>,
+    /// Threads one run of a model spreads its matrix products over, unless its config.toml says
+    /// otherwise [default: every core]. Models given the same number share one pool of that
+    /// many threads, so busy workers queue for those cores instead of oversubscribing them: a
+    /// lone request uses them all, and under load workers × threads never exceeds them. 1 runs
+    /// each request on its worker alone.
+    #[arg(long, env = "PREDICTD_THREADS")]
+    pub threads: Option<usize>,
     /// Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = defaults::QUEUE_CAPACITY, env = "PREDICTD_QUEUE_CAPACITY")]
     pub queue_capacity: usize,
@@ -395,6 +402,10 @@ impl ServeArgs {
             },
             open: OpenDefaults {
                 preferred_batch_sizes: self.preferred_batch_sizes.clone(),
+                threads: positive(
+                    "threads",
+                    self.threads.unwrap_or_else(crate::engine::threads::cores),
+                )?,
             },
             max_message_bytes: positive("max-message-bytes", self.max_message_bytes)?,
             request_timeout,

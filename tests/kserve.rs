@@ -300,3 +300,41 @@ async fn rest_errors_are_json_with_the_protocols_status_codes() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
 }
+
+/// A model's thread budget, from its config.toml or the server's default (every core), is
+/// what its model configuration reports, under the name Triton's onnxruntime backend uses.
+#[tokio::test]
+async fn model_config_reports_each_models_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, config) in [("one", Some("threads = 1\n")), ("every", None)] {
+        let version = dir.path().join(name).join("1");
+        std::fs::create_dir_all(&version).unwrap();
+        std::fs::copy(
+            bundled_models().join("digits_cnn/1/model.onnx"),
+            version.join("model.onnx"),
+        )
+        .unwrap();
+        if let Some(config) = config {
+            std::fs::write(dir.path().join(name).join("config.toml"), config).unwrap();
+        }
+    }
+    let server = TestServer::start(dir.path()).await;
+    let mut client = GrpcInferenceServiceClient::new(server.channel.clone());
+    let cores = predictd::engine::threads::cores().to_string();
+    for (name, expected) in [("one", "1"), ("every", cores.as_str())] {
+        let config = client
+            .model_config(pb::ModelConfigRequest {
+                name: name.to_string(),
+                version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .config
+            .unwrap();
+        assert_eq!(
+            config.parameters["intra_op_thread_count"].string_value, expected,
+            "{name}"
+        );
+    }
+}

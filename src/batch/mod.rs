@@ -206,12 +206,13 @@ pub struct Job {
 impl Job {
     /// Finds the inputs and the model, loads it, and binds the first file's columns to it.
     pub fn prepare(options: &Options) -> Result<Job, BatchError> {
-        let opened = open_named(
-            &options.models,
-            &options.model,
-            &options.version,
-            &OpenDefaults::default(),
-        )?;
+        // The scoring threads already keep every core busy, a batch each: a run keeps to its
+        // thread unless the model's config.toml gives it more.
+        let defaults = OpenDefaults {
+            threads: 1,
+            ..OpenDefaults::default()
+        };
+        let opened = open_named(&options.models, &options.model, &options.version, &defaults)?;
         Job::with_model(options, Arc::new(opened.model), &opened.config)
     }
 

@@ -12,4 +12,5 @@ pub mod repository;
 mod rewrite;
 pub mod signature;
 pub mod tensor;
+pub mod threads;
 pub mod warmup;

@@ -22,12 +22,15 @@ pub const DEFAULT_PREFERRED_BATCH_SIZES: &[usize] = &[1];
 pub struct OpenDefaults {
     /// Batch sizes with a plan of their own.
     pub preferred_batch_sizes: Vec<usize>,
+    /// The threads one run spreads over ([`crate::engine::threads`]).
+    pub threads: usize,
 }
 
 impl Default for OpenDefaults {
     fn default() -> Self {
         OpenDefaults {
             preferred_batch_sizes: DEFAULT_PREFERRED_BATCH_SIZES.to_vec(),
+            threads: crate::engine::threads::cores(),
         }
     }
 }
@@ -45,7 +48,8 @@ pub fn open(
         .preferred_batch_sizes
         .as_deref()
         .unwrap_or(&defaults.preferred_batch_sizes);
-    Model::load(name, version, path, sizes)
+    let threads = config.threads.unwrap_or(defaults.threads);
+    Model::load_threaded(name, version, path, sizes, threads)
 }
 
 /// A model opened by name from a repository, with the settings it was opened with.

@@ -22,6 +22,9 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub struct ModelConfig {
     /// Worker threads that run this model.
     pub workers: Option<usize>,
+    /// Threads one run of this model spreads over; models given the same number share them
+    /// (see [`crate::engine::threads`]).
+    pub threads: Option<usize>,
     /// Requests that may wait for a worker before new ones are refused.
     pub queue_capacity: Option<usize>,
     /// Most rows run as one batch; 0 turns batching off.

@@ -147,6 +147,14 @@ pub fn config(
         default_model_filename: MODEL_FILE.to_string(),
         scheduling_choice,
         model_transaction_policy: Some(pb::ModelTransactionPolicy { decoupled: false }),
+        // The name Triton's onnxruntime backend gives the same setting.
+        parameters: [(
+            "intra_op_thread_count".to_string(),
+            pb::ModelParameter {
+                string_value: model.threads().to_string(),
+            },
+        )]
+        .into(),
         ..Default::default()
     })
 }
