@@ -10,6 +10,7 @@ pub mod onnx_ml;
 pub mod open;
 pub mod repository;
 mod rewrite;
+mod shared_weights;
 pub mod signature;
 pub mod tensor;
 pub mod threads;

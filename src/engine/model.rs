@@ -37,6 +37,7 @@ use tract_onnx::prelude::{
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
+use crate::engine::shared_weights::SharedWeights;
 use crate::engine::signature::{Dim, Signature, TensorSpec, ValidInputs};
 use crate::engine::tensor::{DType, Tensor, TensorError};
 use crate::error::{Classify, ErrorKind};
@@ -137,6 +138,8 @@ struct ExactPlans {
     batch: Symbol,
     labels: Vec<Option<String>>,
     built: Mutex<HashMap<usize, Option<Arc<TypedSimplePlan>>>>,
+    /// The weights of the plans built so far, which a new plan's point at.
+    weights: SharedWeights,
 }
 
 impl ExactPlans {
@@ -154,8 +157,14 @@ impl ExactPlans {
         // meeting the same new size at once both build it, and the first one stored is kept.
         // This runs on a request's thread, so a panic in tract's optimiser is contained too.
         let plan = catch_unwind(AssertUnwindSafe(|| {
-            fixed_plan(&self.decluttered, &self.batch, rows, &self.labels)
-                .map_err(|e| format!("{e:#}"))
+            fixed_plan(
+                &self.decluttered,
+                &self.batch,
+                rows,
+                &self.labels,
+                &self.weights,
+            )
+            .map_err(|e| format!("{e:#}"))
         }))
         .unwrap_or_else(|panic| Err(panic_message(&*panic)));
         if let Err(error) = &plan {
@@ -227,7 +236,8 @@ impl Model {
             reason: format!("{e:#}"),
         };
         let (decluttered, batch, labels) = decluttered_model(path).map_err(fail)?;
-        let optimised = optimise(decluttered.clone(), &labels).map_err(fail)?;
+        let weights = SharedWeights::default();
+        let optimised = optimise(decluttered.clone(), &labels, &weights).map_err(fail)?;
         let signature = signature_of(&optimised).map_err(|reason| LoadError {
             path: path.to_path_buf(),
             reason,
@@ -241,9 +251,11 @@ impl Model {
         sizes.dedup();
         let mut fixed = Vec::with_capacity(sizes.len());
         for size in sizes {
-            let bound = fixed_plan(&decluttered, &batch, size, &labels).map_err(|e| LoadError {
-                path: path.to_path_buf(),
-                reason: format!("cannot build the plan for batch size {size}: {e:#}"),
+            let bound = fixed_plan(&decluttered, &batch, size, &labels, &weights).map_err(|e| {
+                LoadError {
+                    path: path.to_path_buf(),
+                    reason: format!("cannot build the plan for batch size {size}: {e:#}"),
+                }
             })?;
             fixed.push((size, bound));
         }
@@ -254,6 +266,7 @@ impl Model {
             batch,
             labels,
             built: Mutex::default(),
+            weights,
         });
         let plan = optimised.into_runnable().map_err(fail)?;
         let mut model = Model {
@@ -500,13 +513,16 @@ fn decluttered_model(path: &Path) -> tract_onnx::prelude::TractResult<Decluttere
     Ok((typed, batch, labels))
 }
 
-/// Optimises a decluttered model, keeping its output names.
+/// Optimises a decluttered model, keeping its output names, its weights shared with the
+/// model's other plans.
 fn optimise(
     model: TypedModel,
     labels: &[Option<String>],
+    weights: &SharedWeights,
 ) -> tract_onnx::prelude::TractResult<TypedModel> {
     let mut model = model.into_optimized()?;
     label_outputs(&mut model, labels)?;
+    weights.share(&mut model)?;
     Ok(model)
 }
 
@@ -516,10 +532,11 @@ fn fixed_plan(
     batch: &Symbol,
     rows: usize,
     labels: &[Option<String>],
+    weights: &SharedWeights,
 ) -> tract_onnx::prelude::TractResult<Arc<TypedSimplePlan>> {
     let bound =
         decluttered.set_symbols(&HashMap::from([(batch.clone(), TDim::Val(rows as i64))]))?;
-    optimise(bound, labels)?.into_runnable()
+    optimise(bound, labels, weights)?.into_runnable()
 }
 
 fn label_outputs(
@@ -800,6 +817,57 @@ mod tests {
                 threaded.batches_pay = pays;
                 let way = format!("on two threads, stacked: {pays}");
                 assert_same(name, &way, &stacked, &threaded.run(inputs.clone()).unwrap());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod shared_weights_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use tract_onnx::tract_core::ops::konst::Const;
+
+    /// The constants of a plan, by their allocation.
+    fn constants(plan: &TypedSimplePlan) -> Vec<Arc<TractTensor>> {
+        plan.model()
+            .nodes
+            .iter()
+            .filter_map(|n| n.op_as::<Const>().map(|k| Arc::clone(k.val())))
+            .collect()
+    }
+
+    /// Plans fixed to batch sizes, built at load and on first use, hold the weights they have
+    /// in common with the symbolic plan in the symbolic plan's allocation, not in a copy; and
+    /// they still give the same rows (every_way_of_running_a_batch_gives_the_same_rows). (The
+    /// MLP's layers are small enough for our own dense op, which keeps its weights in itself.)
+    #[test]
+    fn a_models_plans_hold_one_copy_of_each_weight() {
+        for name in ["digits_cnn"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models")
+                .join(name)
+                .join("1/model.onnx");
+            let model = Model::load(name, 1, &path, &[1, 4]).unwrap();
+            let symbolic = constants(&model.plan);
+            let mut later: Vec<Arc<TypedSimplePlan>> =
+                model.fixed.iter().map(|(_, p)| Arc::clone(p)).collect();
+            later.push(model.exact.as_ref().unwrap().get(7).unwrap());
+            for plan in later {
+                let mut shared = 0;
+                for konst in constants(&plan) {
+                    let equal = symbolic.iter().find(|s| ***s == *konst);
+                    if let Some(equal) = equal {
+                        assert!(
+                            Arc::ptr_eq(equal, &konst),
+                            "{name}: a constant of shape {:?} is held twice",
+                            konst.shape()
+                        );
+                        shared += usize::from(konst.len() > 16);
+                    }
+                }
+                assert!(shared > 0, "{name}: no weight is shared");
             }
         }
     }
