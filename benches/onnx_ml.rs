@@ -1,14 +1,21 @@
 //! ONNX-ML models against onnxruntime, single thread, in one run: rows/s of every corpus model
 //! (`tests/corpus`) at batch 1, 32 and 1,024 in process, divided by onnxruntime's on the same
 //! rows (`benches/scripts/ort_speed.py`, onnxruntime with one intra-op and one inter-op thread).
-//! Then a 500-tree, depth-8 forest: load time, memory against its file size, and the same ratios.
+//! Then realistic tree ensembles (`tests/corpus/make_realistic.py`: forests, extra trees,
+//! gradient boosting and XGBoost of 100-500 trees, depth 8-12, 30-100 features), each first
+//! checked against onnxruntime's outputs on its 1,024 reference rows, with the same ratios and a
+//! summary. Then a 500-tree, depth-8 forest: load time, memory against its file size, and the
+//! same ratios.
 //!
-//! `cargo bench --bench onnx_ml [-- NAME_FILTER]`
+//! `cargo bench --bench onnx_ml [-- NAME_FILTER]` (the filter applies to every section; the big
+//! forest is named `big_forest`)
 //!
 //! Python with onnxruntime comes from `$PREDICTD_INTEROP_VENV` (default `target/interop-venv`,
-//! which `tests/interop/run.sh` creates); the big forest needs the corpus requirements
-//! (`$PREDICTD_CORPUS_VENV`, default `target/corpus-venv`, made from
-//! `tests/corpus/requirements.txt`) and is skipped, saying so, without them.
+//! which `tests/interop/run.sh` creates); the realistic models and the big forest need the corpus
+//! requirements (`$PREDICTD_CORPUS_VENV`, default `target/corpus-venv`, made from
+//! `tests/corpus/requirements.txt`) and are skipped, saying so, without them. The realistic
+//! models take a few minutes to train the first time; they are kept under
+//! `target/onnx-ml-realistic/`, keyed by the scripts that make them.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -17,7 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use predictd::engine::model::Model;
-use predictd::engine::tensor::Tensor;
+use predictd::engine::tensor::{DType, Tensor};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 /// Counts heap bytes, so the bench can tell what a loaded model keeps from what loading it
@@ -192,42 +199,215 @@ fn main() {
         .find(|a| !a.starts_with("--"))
         .unwrap_or_default();
     let corpus = root().join("tests").join("corpus");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&corpus)
+    let dirs = model_dirs(&corpus, &filter);
+    if !dirs.is_empty() {
+        let ort = onnxruntime(&dirs);
+        println!("| model | batch | predictd rows/s | onnxruntime rows/s | ratio |");
+        println!("| --- | ---: | ---: | ---: | ---: |");
+        let mut by_batch: BTreeMap<usize, Vec<(String, f64)>> = BTreeMap::new();
+        for dir in &dirs {
+            let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+            let model = load(dir);
+            for (batch, ratio) in BATCHES.iter().zip(compare(&name, &model, dir, &ort)) {
+                by_batch
+                    .entry(*batch)
+                    .or_default()
+                    .push((name.clone(), ratio));
+            }
+        }
+        println!();
+        println!("| batch | models | median ratio | lowest ratio (model) | models below 1.0 |");
+        println!("| ---: | ---: | ---: | --- | ---: |");
+        for (batch, ratios) in &by_batch {
+            let lowest = ratios.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+            let below = ratios.iter().filter(|r| r.1 < 1.0).count();
+            let median = median(ratios.iter().map(|r| r.1).collect());
+            println!(
+                "| {batch} | {} | {median:.2} | {:.2} ({}) | {below} |",
+                ratios.len(),
+                lowest.1,
+                lowest.0
+            );
+        }
+    }
+    realistic(&filter);
+    if "big_forest".contains(&filter) {
+        big_forest();
+    }
+}
+
+/// The model-repository entries (folders with a `reference.json`) under `repo` whose name
+/// contains `filter`.
+fn model_dirs(repo: &Path, filter: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(repo)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("reference.json").is_file())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().contains(&filter))
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().contains(filter))
         .collect();
     dirs.sort();
+    dirs
+}
+
+/// Why predictd's outputs on all of a model's reference rows differ from onnxruntime's, if they
+/// do: integers exactly, floats within 1e-5 relative plus 1e-6, as `tests/onnx_ml.rs` checks.
+fn differs(model: &Model, dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let (_, first) = reference["inputs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
+    let rows = first["shape"][0].as_u64().unwrap() as usize;
+    let valid = model.signature().validate(inputs(dir, rows)).unwrap();
+    let outputs = model.run(valid).unwrap();
+    for (spec, got) in model.signature().outputs.iter().zip(&outputs) {
+        let want = &reference["outputs"][&spec.name];
+        let got: Vec<f64> = match got.dtype() {
+            DType::F32 => got
+                .to_values::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            DType::F64 => got.to_values::<f64>().unwrap(),
+            DType::I64 => got
+                .to_values::<i64>()
+                .unwrap()
+                .into_iter()
+                .map(|v| v as f64)
+                .collect(),
+            other => return Some(format!("{}: {other:?} outputs are not checked", spec.name)),
+        };
+        let want: Vec<f64> = want["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        if got.len() != want.len() {
+            return Some(format!(
+                "{}: {} values, onnxruntime {}",
+                spec.name,
+                got.len(),
+                want.len()
+            ));
+        }
+        let exact = !reference["outputs"][&spec.name]["dtype"]
+            .as_str()
+            .unwrap()
+            .starts_with("FP");
+        let bad = |g: f64, w: f64| {
+            if exact {
+                g != w
+            } else {
+                (g - w).abs() > 1e-5 * w.abs() + 1e-6
+            }
+        };
+        let wrong: Vec<usize> = (0..got.len()).filter(|&i| bad(got[i], want[i])).collect();
+        if let Some(&i) = wrong.first() {
+            return Some(format!(
+                "{}: {} of {} values differ; value {i}: {}, onnxruntime {}",
+                spec.name,
+                wrong.len(),
+                got.len(),
+                got[i],
+                want[i]
+            ));
+        }
+    }
+    None
+}
+
+/// A key that changes when any of `files` does (FNV-1a over their bytes).
+fn content_key(files: &[PathBuf]) -> u64 {
+    let mut key = 0xcbf2_9ce4_8422_2325u64;
+    for file in files {
+        for b in std::fs::read(file).unwrap() {
+            key = (key ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    key
+}
+
+/// Forests, extra trees, gradient boosting and XGBoost of realistic sizes, made by
+/// `tests/corpus/make_realistic.py` once and kept under the target folder: each is checked
+/// against onnxruntime's outputs, then timed like the corpus.
+fn realistic(filter: &str) {
+    let python = venv_python("PREDICTD_CORPUS_VENV", "target/corpus-venv");
+    let corpus = root().join("tests").join("corpus");
+    let script = corpus.join("make_realistic.py");
+    let key = content_key(&[
+        script.clone(),
+        corpus.join("make_corpus.py"),
+        corpus.join("requirements.txt"),
+    ]);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let out = target.join("onnx-ml-realistic").join(format!("{key:016x}"));
+    let done = out.join("complete");
+    if !done.is_file() {
+        println!(
+            "\nmaking the realistic models in {} (a few minutes, once)",
+            out.display()
+        );
+        match Command::new(&python).arg(&script).arg(&out).status() {
+            Ok(status) if status.success() => std::fs::write(&done, b"").unwrap(),
+            Ok(status) => {
+                println!("realistic models skipped: make_realistic.py failed ({status})");
+                return;
+            }
+            Err(e) => {
+                println!(
+                    "\nrealistic models skipped: no {} ({e}); create it from \
+                     tests/corpus/requirements.txt",
+                    python.display()
+                );
+                return;
+            }
+        }
+    }
+    let dirs = model_dirs(&out, filter);
+    if dirs.is_empty() {
+        return;
+    }
     let ort = onnxruntime(&dirs);
+    println!("\nrealistic tree ensembles ({}):", out.display());
     println!("| model | batch | predictd rows/s | onnxruntime rows/s | ratio |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    let mut by_batch: BTreeMap<usize, Vec<(String, f64)>> = BTreeMap::new();
+    let mut summary = Vec::new();
     for dir in &dirs {
         let name = dir.file_name().unwrap().to_str().unwrap().to_string();
         let model = load(dir);
-        for (batch, ratio) in BATCHES.iter().zip(compare(&name, &model, dir, &ort)) {
-            by_batch
-                .entry(*batch)
-                .or_default()
-                .push((name.clone(), ratio));
+        if let Some(problem) = differs(&model, dir) {
+            panic!("{name} differs from onnxruntime: {problem}");
         }
+        summary.push((name.clone(), compare(&name, &model, dir, &ort)));
     }
     println!();
-    println!("| batch | models | median ratio | lowest ratio (model) | models below 1.0 |");
-    println!("| ---: | ---: | ---: | --- | ---: |");
-    for (batch, ratios) in &by_batch {
-        let lowest = ratios.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
-        let below = ratios.iter().filter(|r| r.1 < 1.0).count();
-        let median = median(ratios.iter().map(|r| r.1).collect());
+    println!("| model | ratio at 1 | at 32 | at 1,024 |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (name, ratios) in &summary {
         println!(
-            "| {batch} | {} | {median:.2} | {:.2} ({}) | {below} |",
-            ratios.len(),
-            lowest.1,
-            lowest.0
+            "| {name} | {:.2} | {:.2} | {:.2} |",
+            ratios[0], ratios[1], ratios[2]
         );
     }
-    big_forest();
+    let at_1024: Vec<f64> = summary.iter().map(|(_, r)| r[2]).collect();
+    let lowest = summary
+        .iter()
+        .min_by(|a, b| a.1[2].total_cmp(&b.1[2]))
+        .unwrap();
+    println!(
+        "at 1,024 rows: median {:.2}, lowest {:.2} ({}), {} of {} below 0.9",
+        median(at_1024.clone()),
+        lowest.1[2],
+        lowest.0,
+        at_1024.iter().filter(|r| **r < 0.9).count(),
+        at_1024.len()
+    );
 }
 
 /// A 500-tree, depth-8 forest made on the spot: load time and memory, then speed.

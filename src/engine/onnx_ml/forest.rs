@@ -1,21 +1,28 @@
 //! A tree ensemble compiled once, at load, into flat arrays for fast evaluation.
 //!
 //! Layout (measured in `benches/onnx_ml.rs`; numbers in docs/PERFORMANCE.md):
-//! - Every node is 12 bytes (16 for f64 thresholds): threshold, feature plus flags, and the slot
-//!   of its children. Children are stored side by side (true child at `next`, false child at
-//!   `next + 1`), trees breadth-first, so the top levels of a tree share cache lines and the step
-//!   to a child is one add of the comparison's outcome: no branch to mispredict.
+//! - Every node is 12 bytes (16 for f64 thresholds): threshold, feature (plus flags when the
+//!   loop needs them), and the slot of its children. Children are stored side by side (true
+//!   child at `next`, false child at `next + 1`), trees breadth-first, so the top levels of a
+//!   tree share cache lines and the step to a child is one add of the comparison's outcome: no
+//!   branch to mispredict.
 //! - Comparison modes are normalised at load: GTE, GT and NEQ become LT, LEQ and EQ with their
 //!   children swapped, and what a NaN does (go true or false) is one flag per node. A forest
-//!   whose nodes share one mode (the usual case) runs a loop specialised for that mode, and the
-//!   NaN test is compiled out when no node needs it (NaN already compares false).
+//!   whose nodes share one mode (the usual case) runs a loop specialised for that mode, reading
+//!   the feature without masking, and the NaN test is compiled out when no node needs it (NaN
+//!   already compares false).
 //! - A leaf compares false against anything (its threshold is NaN) and its `next` points at the
-//!   slot before itself, so once reached it is never left. Up to 16 rows walk each tree together,
-//!   level by level, with no test for "is this a leaf": their independent walks overlap while
-//!   each waits on memory, and the tree's nodes, once loaded, serve all 16. With fewer rows
-//!   (a single request), the 16 lanes walk several trees at once instead. A lopsided tree
-//!   (leaf-wise boosting) is walked so only to its average leaf depth; the rows not yet at a
-//!   leaf then finish one by one.
+//!   slot before itself, so once reached it is never left. Blocks of 16 rows walk a tree
+//!   together, level by level, with no test for "is this a leaf": their independent walks
+//!   overlap while each waits on memory. The blocks of a chunk of 128 rows (512 for trees over
+//!   32 KB) take each tree in turn, so its nodes, once loaded, serve the whole chunk (as
+//!   onnxruntime batches 128 rows per tree): a forest bigger than the cache comes from memory
+//!   once per chunk, not once per block. With fewer rows than a block (a single request), the
+//!   16 lanes walk several trees at once instead.
+//! - A lopsided tree (leaf-wise boosting) is walked so only to its average leaf depth. The rows
+//!   not yet at a leaf then finish one by one, or, from 128 rows a call, a level at a time
+//!   together, each dropping out at its leaf: one by one, each row's last step is a mispredicted
+//!   branch unless the same rows come again and again (as the bench's batches of 1 and 32 do).
 //! - Two nodes may share a child (LightGBM's categorical splits, opset-5 set membership): the
 //!   second parent gets a copy of the child's node, which steps to the same grandchildren.
 //! - Leaf weights are stored by shape: one weight per leaf, a dense row per leaf (random forest
@@ -26,7 +33,10 @@
 //! What was measured and dropped: walking every tree to its full depth is no faster than the
 //! lopsided-tree rule on balanced forests and up to 10% slower on boosted ones; stepping rows in
 //! register-held groups of 4 instead of 16 was 10-15% slower; one shared leaf-accumulation
-//! closure (not inlined) made batches of 1,024 rows 40-60% slower.
+//! closure (not inlined) made batches of 1,024 rows 40-60% slower; chunks of 64 rows were up to
+//! 15% slower than 128, and 512 up to 7% slower on trees that fit in L1 (but 30% faster on
+//! depth-12 forests); finishing lanes together by compacting a list of the unfinished ones was
+//! slower than either way.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -150,10 +160,23 @@ const MODE_LEQ: u32 = 0;
 const MODE_LT: u32 = 1;
 const MODE_EQ: u32 = 2;
 const NAN_TRUE: u32 = 1 << 30;
-const LEAF: u32 = 1 << 31;
 
 /// Rows walked together through one tree.
 const BLOCK: usize = 16;
+
+/// Rows that walk each tree, a block at a time, before the next tree: the tree's nodes stay in
+/// cache for all of them, and so do the rows (128 rows of 100 f32 are 50 KB, about L1).
+const CHUNK: usize = 128;
+
+/// The chunk for trees of more than [`BIG_TREE_BYTES`] on average, which do not fit in L1
+/// anyway: more rows share each load of the tree from L2 or L3, the rows from L2.
+const MAX_CHUNK: usize = 512;
+
+const BIG_TREE_BYTES: usize = 32 << 10;
+
+/// From this many rows in a call, the lanes that a block's level-by-level walk leaves short of
+/// their leaf (in lopsided trees) walk on together rather than one by one.
+const FINISH_TOGETHER_ROWS: usize = 128;
 
 #[derive(Debug, Clone, Copy)]
 struct Tree {
@@ -196,6 +219,8 @@ pub(crate) struct Forest<T> {
     /// Which targets any leaf gives a weight to.
     has_target: Vec<bool>,
     aggregate: Aggregate,
+    /// Rows that walk each tree before the next tree does ([`CHUNK`] or [`MAX_CHUNK`]).
+    chunk: usize,
 }
 
 impl<T: Value> Forest<T> {
@@ -259,7 +284,7 @@ impl<T: Value> Forest<T> {
         // Slot 0 is a placeholder, so that a leaf's `next` (its own slot minus one) never wraps.
         let mut out: Vec<Node<T>> = vec![Node {
             value: T::NAN,
-            meta: LEAF,
+            meta: 0,
             next: 0,
         }];
         let mut leaf_of: Vec<u32> = vec![0];
@@ -282,7 +307,7 @@ impl<T: Value> Forest<T> {
             let root_slot = out.len() as u32;
             out.push(Node {
                 value: T::NAN,
-                meta: LEAF,
+                meta: 0,
                 next: 0,
             });
             leaf_of.push(0);
@@ -297,7 +322,7 @@ impl<T: Value> Forest<T> {
                         per_leaf.push(leaf_weights.remove(&(n.tree, n.id)).unwrap_or_default());
                         out[slot as usize] = Node {
                             value: T::NAN,
-                            meta: LEAF,
+                            meta: 0,
                             next: slot - 1,
                         };
                         leaf_of[slot as usize] = leaf;
@@ -330,7 +355,7 @@ impl<T: Value> Forest<T> {
                         out.extend(
                             [Node {
                                 value: T::NAN,
-                                meta: LEAF,
+                                meta: 0,
                                 next: 0,
                             }; 2],
                         );
@@ -367,7 +392,7 @@ impl<T: Value> Forest<T> {
         for (slot, child) in aliases {
             let primary = placed[child].unwrap_or(0) as usize;
             let mut copy = out[primary];
-            if copy.meta & LEAF != 0 {
+            if is_leaf(&out, primary as u32) {
                 copy.next = slot - 1;
                 leaf_of[slot as usize] = leaf_of[primary];
             }
@@ -391,6 +416,18 @@ impl<T: Value> Forest<T> {
             [false, false, false] => Some(MODE_LEQ), // only leaves
             _ => None,
         };
+        // The loops specialised to one mode read `meta` as the bare feature (plus NAN_TRUE).
+        if matches!(mode, Some(MODE_LEQ | MODE_LT)) {
+            for n in &mut out {
+                n.meta &= !(3 << MODE_SHIFT);
+            }
+        }
+        let tree_bytes = out.len() * std::mem::size_of::<Node<T>>() / tree_order.len().max(1);
+        let chunk = if tree_bytes > BIG_TREE_BYTES {
+            MAX_CHUNK
+        } else {
+            CHUNK
+        };
         Ok(Forest {
             nodes: out,
             leaf_of,
@@ -402,6 +439,7 @@ impl<T: Value> Forest<T> {
             nan_flags,
             has_target,
             aggregate,
+            chunk,
         })
     }
 
@@ -581,56 +619,172 @@ impl<T: Value> Forest<T> {
         width: usize,
         mut on_leaf: impl FnMut(usize, usize),
     ) {
-        let nodes = &self.nodes[..];
-        let step = |slot: u32, row: &[T]| -> u32 {
-            let n = &nodes[slot as usize];
-            let v = row[(n.meta & FEATURE_MASK) as usize];
-            n.next + u32::from(!goes_true::<T, MODE, NAN>(v, n))
-        };
-        let mut start = 0;
-        while start < rows {
-            let block = BLOCK.min(rows - start);
-            let mut rows_of: [&[T]; BLOCK] = [&[]; BLOCK];
-            for (r, row) in rows_of[..block].iter_mut().enumerate() {
-                *row = &x[(start + r) * width..(start + r + 1) * width];
+        // Whole blocks of rows go tree by tree through a chunk of rows, so that each tree's
+        // nodes, once in cache, serve every block of the chunk.
+        let full = rows - rows % BLOCK;
+        let together = rows >= FINISH_TOGETHER_ROWS;
+        let mut offsets = [[0usize; BLOCK]; MAX_CHUNK / BLOCK];
+        let mut chunk = 0;
+        while chunk < full {
+            let end = (chunk + self.chunk).min(full);
+            let blocks = &mut offsets[..(end - chunk) / BLOCK];
+            for (b, lanes) in blocks.iter_mut().enumerate() {
+                for (l, offset) in lanes.iter_mut().enumerate() {
+                    *offset = (chunk + b * BLOCK + l) * width;
+                }
             }
-            // Fewer rows than lanes (a single row, say): fill the lanes with several trees
-            // instead, whose walks are just as independent.
-            let per_pass = (BLOCK / block).max(1);
-            let mut lane_rows: [&[T]; BLOCK] = [&[]; BLOCK];
-            for lanes in lane_rows[..per_pass * block].chunks_mut(block) {
-                lanes.copy_from_slice(&rows_of[..block]);
-            }
-            for group in self.trees.chunks(per_pass) {
-                let lanes = group.len() * block;
-                let mut slots = [0u32; BLOCK];
-                for (tree, lanes) in group.iter().zip(slots.chunks_mut(block)) {
-                    lanes.fill(tree.root);
-                }
-                // A leaf is never left, so the lanes of shallower trees can step on.
-                let levels = group.iter().map(|t| t.levels).max().unwrap_or(0);
-                for _ in 0..levels {
-                    for (slot, row) in slots[..lanes].iter_mut().zip(&lane_rows) {
-                        *slot = step(*slot, row);
-                    }
-                }
-                if group.iter().any(|t| !t.complete) {
-                    for (slot, row) in slots[..lanes].iter_mut().zip(&lane_rows) {
-                        while nodes[*slot as usize].meta & LEAF == 0 {
-                            *slot = step(*slot, row);
-                        }
-                    }
-                }
-                // Lanes are tree-major: each row gets its trees' leaves in the model's order.
-                for tree_lanes in slots[..lanes].chunks(block) {
-                    for (r, slot) in tree_lanes.iter().enumerate() {
-                        on_leaf(start + r, self.leaf_of[*slot as usize] as usize);
+            for tree in &self.trees {
+                for (b, lanes) in blocks.iter().enumerate() {
+                    let mut slots = [tree.root; BLOCK];
+                    self.descend::<MODE, NAN>(&mut slots, x, lanes, tree, together);
+                    let first = chunk + b * BLOCK;
+                    for (l, slot) in slots.iter().enumerate() {
+                        on_leaf(first + l, self.leaf_of[*slot as usize] as usize);
                     }
                 }
             }
-            start += block;
+            chunk = end;
+        }
+        if full < rows {
+            self.walk_few::<MODE, NAN>(x, full, rows - full, width, on_leaf);
         }
     }
+
+    /// One block's lanes down `tree`, level by level; lane `l` reads the row at
+    /// `x[offsets[l]..]`. The lanes not at a leaf after `tree.levels` steps finish one by one,
+    /// or, if `together`, still a level at a time.
+    #[inline(always)]
+    fn descend<const MODE: u32, const NAN: bool>(
+        &self,
+        slots: &mut [u32; BLOCK],
+        x: &[T],
+        offsets: &[usize; BLOCK],
+        tree: &Tree,
+        together: bool,
+    ) {
+        let nodes = &self.nodes[..];
+        // A fixed number of lanes, so the loop unrolls and the slots stay in registers.
+        for _ in 0..tree.levels {
+            for l in 0..BLOCK {
+                slots[l] = step::<T, MODE, NAN>(nodes, slots[l], x, offsets[l]);
+            }
+        }
+        if !tree.complete {
+            if together {
+                finish_together::<T, MODE, NAN>(nodes, slots, x, offsets);
+            } else {
+                finish_each::<T, MODE, NAN>(nodes, slots, x, offsets);
+            }
+        }
+    }
+
+    /// Fewer rows than a block (a single request, or the end of a batch): the lanes walk
+    /// several trees at once instead, whose walks are just as independent.
+    #[inline(always)]
+    fn walk_few<const MODE: u32, const NAN: bool>(
+        &self,
+        x: &[T],
+        start: usize,
+        block: usize,
+        width: usize,
+        mut on_leaf: impl FnMut(usize, usize),
+    ) {
+        let nodes = &self.nodes[..];
+        let per_pass = BLOCK / block;
+        let mut offsets = [0usize; BLOCK];
+        for (l, offset) in offsets[..per_pass * block].iter_mut().enumerate() {
+            *offset = (start + l % block) * width;
+        }
+        for group in self.trees.chunks(per_pass) {
+            let lanes = group.len() * block;
+            let (slots, offsets) = (&mut [0u32; BLOCK][..lanes], &offsets[..lanes]);
+            for (tree, lanes) in group.iter().zip(slots.chunks_mut(block)) {
+                lanes.fill(tree.root);
+            }
+            // A leaf is never left, so the lanes of shallower trees can step on.
+            let levels = group.iter().map(|t| t.levels).max().unwrap_or(0);
+            for _ in 0..levels {
+                for (slot, offset) in slots.iter_mut().zip(offsets) {
+                    *slot = step::<T, MODE, NAN>(nodes, *slot, x, *offset);
+                }
+            }
+            if group.iter().any(|t| !t.complete) {
+                finish_each::<T, MODE, NAN>(nodes, slots, x, offsets);
+            }
+            // Lanes are tree-major: each row gets its trees' leaves in the model's order.
+            for tree_lanes in slots.chunks(block) {
+                for (r, slot) in tree_lanes.iter().enumerate() {
+                    on_leaf(start + r, self.leaf_of[*slot as usize] as usize);
+                }
+            }
+        }
+    }
+}
+
+/// One step of a walk: from the node at `slot` to the child the row at `x[offset..]` picks.
+#[inline(always)]
+fn step<T: Value, const MODE: u32, const NAN: bool>(
+    nodes: &[Node<T>],
+    slot: u32,
+    x: &[T],
+    offset: usize,
+) -> u32 {
+    let n = &nodes[slot as usize];
+    // Forests of one mode keep no mode bits, so without NaN flags `meta` is the feature.
+    let feature = if MODE == MIXED || NAN {
+        n.meta & FEATURE_MASK
+    } else {
+        n.meta
+    };
+    let v = x[offset + feature as usize];
+    n.next + u32::from(!goes_true::<T, MODE, NAN>(v, n))
+}
+
+/// Walks each lane not yet at a leaf on to its leaf, one lane after another.
+#[inline(always)]
+fn finish_each<T: Value, const MODE: u32, const NAN: bool>(
+    nodes: &[Node<T>],
+    slots: &mut [u32],
+    x: &[T],
+    offsets: &[usize],
+) {
+    for (slot, offset) in slots.iter_mut().zip(offsets) {
+        while !is_leaf(nodes, *slot) {
+            *slot = step::<T, MODE, NAN>(nodes, *slot, x, *offset);
+        }
+    }
+}
+
+/// Walks the lanes not yet at a leaf on to their leaves a level at a time, so their walks
+/// overlap as the levels before did, each lane dropping out as it arrives.
+#[inline(always)]
+fn finish_together<T: Value, const MODE: u32, const NAN: bool>(
+    nodes: &[Node<T>],
+    slots: &mut [u32; BLOCK],
+    x: &[T],
+    offsets: &[usize; BLOCK],
+) {
+    let mut walking = 0u32;
+    for (l, slot) in slots.iter().enumerate() {
+        walking |= u32::from(!is_leaf(nodes, *slot)) << l;
+    }
+    while walking != 0 {
+        let mut lanes = walking;
+        walking = 0;
+        while lanes != 0 {
+            let l = lanes.trailing_zeros() as usize;
+            lanes &= lanes - 1;
+            slots[l] = step::<T, MODE, NAN>(nodes, slots[l], x, offsets[l]);
+            walking |= u32::from(!is_leaf(nodes, slots[l])) << l;
+        }
+    }
+}
+
+/// Whether `slot` holds a leaf: a leaf's `next` is the slot before it, so that it steps to
+/// itself; an inner node's children always lie after it (or, for a copy, after the original).
+#[inline(always)]
+fn is_leaf<T>(nodes: &[Node<T>], slot: u32) -> bool {
+    nodes[slot as usize].next.wrapping_add(1) == slot
 }
 
 /// The number of steps from `node` to its deepest leaf, memoised in `depth_of`; a cycle is an
@@ -796,6 +950,139 @@ mod tests {
         .unwrap();
         for (x, want) in [(1.0, 7.0), (2.0, 7.0), (3.0, -7.0), (f32::NAN, -7.0)] {
             assert_eq!(score(&forest, x), want, "at {x}");
+        }
+    }
+
+    /// xorshift64, so that the test needs no crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// Grows a random subtree of at most `depth` levels into `nodes`; returns its root's id.
+    fn grow(
+        rng: &mut Rng,
+        tree: i64,
+        depth: u32,
+        modes: &[&str],
+        nodes: &mut Vec<SourceNode>,
+        weights: &mut Vec<SourceWeight>,
+    ) -> i64 {
+        let id = nodes.len() as i64;
+        nodes.push(leaf(id));
+        nodes[id as usize].tree = tree;
+        if depth == 0 || rng.below(5) == 0 {
+            weights.push(SourceWeight {
+                tree,
+                node: id,
+                target: 0,
+                weight: rng.below(1000) as f64 / 7.0 - 50.0,
+            });
+            return id;
+        }
+        let t = grow(rng, tree, depth - 1, modes, nodes, weights);
+        let f = grow(rng, tree, depth - 1, modes, nodes, weights);
+        let mode = modes[rng.below(modes.len() as u64) as usize];
+        let mut split = node(
+            id,
+            rng.below(5) as usize,
+            rng.below(9) as f64 / 2.0,
+            mode,
+            t,
+            f,
+        );
+        split.tree = tree;
+        split.nan_goes_true = modes.len() > 1 && rng.below(2) == 0;
+        nodes[id as usize] = split;
+        id
+    }
+
+    /// One row through one tree as the ONNX text reads the nodes.
+    fn walk_source(nodes: &HashMap<(i64, i64), &SourceNode>, tree: i64, row: &[f32]) -> i64 {
+        let mut n = nodes[&(tree, 0)];
+        while let Some(mode) = n.mode {
+            let (v, t) = (row[n.feature], n.value as f32);
+            let cmp = match mode {
+                Mode::Leq => v <= t,
+                Mode::Lt => v < t,
+                Mode::Gte => v >= t,
+                Mode::Gt => v > t,
+                Mode::Eq => v == t,
+                Mode::Neq => v != t,
+            };
+            let goes_true = cmp || (n.nan_goes_true && v.is_nan());
+            n = nodes[&(tree, if goes_true { n.true_id } else { n.false_id })];
+        }
+        n.id
+    }
+
+    #[test]
+    fn every_batch_size_sums_each_rows_trees_in_order() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let all = [
+            "BRANCH_LEQ",
+            "BRANCH_LT",
+            "BRANCH_GTE",
+            "BRANCH_GT",
+            "BRANCH_EQ",
+            "BRANCH_NEQ",
+        ];
+        let trees = 23;
+        for modes in [&all[..1], &all[1..2], &all[..]] {
+            let (mut nodes, mut weights) = (Vec::new(), Vec::new());
+            for tree in 0..trees {
+                let start = nodes.len();
+                grow(&mut rng, tree, 7, modes, &mut nodes, &mut weights);
+                // Ids within a tree count from 0, as exporters write them.
+                for n in &mut nodes[start..] {
+                    n.id -= start as i64;
+                    n.true_id -= start as i64;
+                    n.false_id -= start as i64;
+                }
+                for w in weights.iter_mut().filter(|w| w.tree == tree) {
+                    w.node -= start as i64;
+                }
+            }
+            let by_id: HashMap<(i64, i64), &SourceNode> =
+                nodes.iter().map(|n| ((n.tree, n.id), n)).collect();
+            let weight: HashMap<(i64, i64), f32> = weights
+                .iter()
+                .map(|w| ((w.tree, w.node), w.weight as f32))
+                .collect();
+            let mut forest: Forest<f32> =
+                Forest::build(&nodes, &weights, 1, Aggregate::Sum).unwrap();
+            assert!(
+                forest.trees.iter().any(|t| !t.complete),
+                "some trees are lopsided, so rows finish after the level-by-level walk"
+            );
+            for chunk in [CHUNK, MAX_CHUNK] {
+                forest.chunk = chunk;
+                for rows in [1, 3, 15, 16, 17, 40, 127, 128, 129, 300, 1100] {
+                    let x: Vec<f32> = (0..rows * 5)
+                        .map(|_| match rng.below(10) {
+                            0 => f32::NAN,
+                            _ => rng.below(9) as f32 / 2.0,
+                        })
+                        .collect();
+                    let (got, _) = forest.scores(&x, rows, 5).unwrap();
+                    for (r, row) in x.chunks(5).enumerate() {
+                        let mut want = 0.0f32;
+                        for tree in 0..trees {
+                            want += weight[&(tree, walk_source(&by_id, tree, row))];
+                        }
+                        assert_eq!(
+                            got[r], want,
+                            "{modes:?}, chunk {chunk}, {rows} rows: row {r}"
+                        );
+                    }
+                }
+            }
         }
     }
 
