@@ -41,10 +41,8 @@ impl Hash for ByContent {
 impl SharedWeights {
     /// Points each constant of `model` that equals one met before at that one (in the node and
     /// in the fact of its output, which holds it too), and keeps the others for the next plan.
-    /// Returns how many constants now point at an earlier copy.
-    pub(crate) fn share(&self, model: &mut TypedModel) -> TractResult<usize> {
+    pub(crate) fn share(&self, model: &mut TypedModel) -> TractResult<()> {
         let mut known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut shared = 0;
         for node in &mut model.nodes {
             let Some(konst) = node.op_as::<Const>() else {
                 continue;
@@ -59,7 +57,6 @@ impl SharedWeights {
             }
             let earlier = Arc::clone(&earlier.0);
             let exotic = konst.exotic_fact().map(dyn_clone::clone_box);
-            shared += 1;
             node.op = Box::new(Const::new_with_opt_exotic_fact(
                 Arc::clone(&earlier),
                 exotic,
@@ -70,6 +67,6 @@ impl SharedWeights {
                 }
             }
         }
-        Ok(shared)
+        Ok(())
     }
 }
