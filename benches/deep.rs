@@ -26,7 +26,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,8 +34,10 @@ use predictd::engine::model::Model;
 use predictd::engine::open::{OpenDefaults, open_file};
 use predictd::engine::tensor::Tensor;
 use predictd::engine::threads::cores;
-use predictd::proto::inference as pb;
-use predictd::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+
+#[path = "support/served.rs"]
+mod served;
+use served::{Server, wire_request};
 
 /// Timed calls per measurement: at least this many, and for at least [`MIN_TIME`].
 const MIN_CALLS: usize = 5;
@@ -215,105 +217,6 @@ fn check_reference(models: &Path, model: &Model) -> f64 {
     worst
 }
 
-/// The release binary serving `models`, and its gRPC address.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(models: &Path) -> Server {
-        let port = |()| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (grpc, http) = (port(()), port(()));
-        let child = Command::new(env!("CARGO_BIN_EXE_predictd"))
-            .args(["serve", "--models"])
-            .arg(models)
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .args(["--max-message-bytes", &(256 << 20).to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        Server {
-            child,
-            addr: format!("http://127.0.0.1:{grpc}"),
-        }
-    }
-
-    /// kB of the server's resident memory now and at its peak.
-    fn rss_kb(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-type Client = GrpcInferenceServiceClient<tonic::transport::Channel>;
-
-async fn connect(server: &Server) -> Client {
-    let started = Instant::now();
-    loop {
-        if let Ok(client) = GrpcInferenceServiceClient::connect(server.addr.clone()).await {
-            let mut client = client
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(256 << 20);
-            let ready = client
-                .server_ready(pb::ServerReadyRequest {})
-                .await
-                .is_ok_and(|r| r.into_inner().ready);
-            if ready {
-                return client;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "the server did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn wire_request(model: &str, inputs: &[(String, Tensor)]) -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: model.to_string(),
-        inputs: inputs
-            .iter()
-            .map(|(name, t)| pb::model_infer_request::InferInputTensor {
-                name: name.clone(),
-                datatype: t.dtype().name().to_string(),
-                shape: t.shape().iter().map(|&d| d as i64).collect(),
-                ..Default::default()
-            })
-            .collect(),
-        raw_input_contents: inputs
-            .iter()
-            .map(|(_, t)| t.bytes().unwrap().clone())
-            .collect(),
-        ..Default::default()
-    }
-}
-
 /// onnxruntime's figures for the cases, from `ort_speed.py`: (label, ort1 ms, ort-all ms)
 /// and, per model, the best batch-1 throughput in calls/s.
 struct Ort {
@@ -416,6 +319,11 @@ fn main() {
         let ms_all = median_ms(|| {
             every.run(valid.clone()).unwrap();
         });
+        // Printed as measured too, so that a later failure does not lose them.
+        println!(
+            "{}: {ms1:.1} ms on one thread, {ms_all:.1} on every core",
+            case.label()
+        );
         rows.push((case.clone(), inputs, ms1, ms_all));
     }
     drop(current);
@@ -427,7 +335,7 @@ fn main() {
     }
     let server = Server::start(served_models.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let client = runtime.block_on(connect(&server));
+    let client = runtime.block_on(server.connect());
     let (loaded_kb, _) = server.rss_kb();
     let mut served = Vec::new();
     for (case, inputs, _, _) in &rows {

@@ -3,9 +3,10 @@
 //! rows (`benches/scripts/ort_speed.py`, onnxruntime with one intra-op and one inter-op thread).
 //! Then realistic tree ensembles (`tests/corpus/make_realistic.py`: forests, extra trees,
 //! gradient boosting and XGBoost of 100-500 trees, depth 8-12, 30-100 features), each first
-//! checked against onnxruntime's outputs on its 1,024 reference rows, with the same ratios and a
-//! summary. Then a 500-tree, depth-8 forest: load time, memory against its file size, and the
-//! same ratios.
+//! checked against onnxruntime's outputs on its 1,024 reference rows, with the same ratios, then
+//! served by the release binary over KServe gRPC (one call at a time) against the same
+//! onnxruntime figures, and a summary. Then a 500-tree, depth-8 forest: load time, memory
+//! against its file size, and the same ratios.
 //!
 //! `cargo bench --bench onnx_ml [-- NAME_FILTER]` (the filter applies to every section; the big
 //! forest is named `big_forest`)
@@ -26,6 +27,10 @@ use std::time::{Duration, Instant};
 use predictd::engine::model::Model;
 use predictd::engine::tensor::{DType, Tensor};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[path = "support/served.rs"]
+mod served;
+use served::{Server, wire_request};
 
 /// Counts heap bytes, so the bench can tell what a loaded model keeps from what loading it
 /// allocated and freed again.
@@ -94,19 +99,19 @@ fn inputs(model_dir: &Path, rows: usize) -> Vec<(String, Tensor)> {
         .collect()
 }
 
-/// Median rows/s over a few windows of back-to-back runs, after a warm-up.
-fn rows_per_second(model: &Model, model_dir: &Path, rows: usize) -> f64 {
-    let valid = model.signature().validate(inputs(model_dir, rows)).unwrap();
+/// Median rows/s over a few windows of back-to-back calls of `run` (one call of `rows` rows),
+/// after a warm-up.
+fn rows_per_second(rows: usize, mut run: impl FnMut()) -> f64 {
     let warm = Instant::now();
     while warm.elapsed() < Duration::from_millis(100) {
-        std::hint::black_box(model.run(valid.clone()).unwrap());
+        run();
     }
     let mut rates: Vec<f64> = (0..WINDOWS)
         .map(|_| {
             let start = Instant::now();
             let mut runs = 0u64;
             while start.elapsed() < WINDOW {
-                std::hint::black_box(model.run(valid.clone()).unwrap());
+                run();
                 runs += 1;
             }
             (runs as f64 * rows as f64) / start.elapsed().as_secs_f64()
@@ -114,6 +119,14 @@ fn rows_per_second(model: &Model, model_dir: &Path, rows: usize) -> f64 {
         .collect();
     rates.sort_by(f64::total_cmp);
     rates[rates.len() / 2]
+}
+
+/// [`rows_per_second`] of `Model::run` in process.
+fn in_process(model: &Model, model_dir: &Path, rows: usize) -> f64 {
+    let valid = model.signature().validate(inputs(model_dir, rows)).unwrap();
+    rows_per_second(rows, || {
+        std::hint::black_box(model.run(valid.clone()).unwrap());
+    })
 }
 
 /// onnxruntime's rows/s per (model, batch), from `benches/scripts/ort_speed.py`.
@@ -167,7 +180,7 @@ fn compare(
     BATCHES
         .iter()
         .map(|&batch| {
-            let ours = rows_per_second(model, dir, batch);
+            let ours = in_process(model, dir, batch);
             let theirs = ort[&(name.to_string(), batch)];
             println!(
                 "| {name} | {batch} | {ours:.0} | {theirs:.0} | {:.2} |",
@@ -386,28 +399,76 @@ fn realistic(filter: &str) {
         }
         summary.push((name.clone(), compare(&name, &model, dir, &ort)));
     }
+    let served = time_served(&dirs, &ort);
     println!();
-    println!("| model | ratio at 1 | at 32 | at 1,024 |");
-    println!("| --- | ---: | ---: | ---: |");
-    for (name, ratios) in &summary {
+    println!(
+        "| model | in process ÷ onnxruntime at 1 | at 32 | at 1,024 | served ÷ onnxruntime at 1 | at 32 | at 1,024 |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for ((name, ratios), served) in summary.iter().zip(&served) {
         println!(
-            "| {name} | {:.2} | {:.2} | {:.2} |",
-            ratios[0], ratios[1], ratios[2]
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            ratios[0], ratios[1], ratios[2], served[0], served[1], served[2]
         );
     }
-    let at_1024: Vec<f64> = summary.iter().map(|(_, r)| r[2]).collect();
-    let lowest = summary
-        .iter()
-        .min_by(|a, b| a.1[2].total_cmp(&b.1[2]))
-        .unwrap();
-    println!(
-        "at 1,024 rows: median {:.2}, lowest {:.2} ({}), {} of {} below 0.9",
-        median(at_1024.clone()),
-        lowest.1[2],
-        lowest.0,
-        at_1024.iter().filter(|r| **r < 0.9).count(),
-        at_1024.len()
-    );
+    for (how, at_1024) in [
+        (
+            "in process",
+            summary.iter().map(|(_, r)| r[2]).collect::<Vec<_>>(),
+        ),
+        ("served", served.iter().map(|r| r[2]).collect()),
+    ] {
+        let (lowest, name) = at_1024
+            .iter()
+            .zip(&summary)
+            .map(|(r, (name, _))| (*r, name))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap();
+        println!(
+            "{how} at 1,024 rows: median {:.2}, lowest {lowest:.2} ({name}), {} of {} below 0.9",
+            median(at_1024.clone()),
+            at_1024.iter().filter(|r| **r < 0.9).count(),
+            at_1024.len()
+        );
+    }
+}
+
+/// The models in `dirs` served by the release binary (its defaults: every core), called over
+/// KServe gRPC one call at a time: a table of rows/s against onnxruntime's single thread in
+/// process; returns the ratios per model and batch.
+fn time_served(dirs: &[PathBuf], ort: &BTreeMap<(String, usize), f64>) -> Vec<Vec<f64>> {
+    let repository = tempfile::tempdir().unwrap();
+    for dir in dirs {
+        std::os::unix::fs::symlink(dir, repository.path().join(dir.file_name().unwrap())).unwrap();
+    }
+    let server = Server::start(repository.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime.block_on(server.connect());
+    println!("\nserved (KServe gRPC, one call at a time):");
+    println!("| model | batch | served rows/s | onnxruntime rows/s | ratio |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    dirs.iter()
+        .map(|dir| {
+            let name = dir.file_name().unwrap().to_str().unwrap();
+            BATCHES
+                .iter()
+                .map(|&batch| {
+                    let request = wire_request(name, &inputs(dir, batch));
+                    let mut client = client.clone();
+                    let ours = rows_per_second(batch, || {
+                        let reply = runtime.block_on(client.model_infer(request.clone()));
+                        assert!(reply.is_ok(), "{name}: {reply:?}");
+                    });
+                    let theirs = ort[&(name.to_string(), batch)];
+                    println!(
+                        "| {name} | {batch} | {ours:.0} | {theirs:.0} | {:.2} |",
+                        ours / theirs
+                    );
+                    ours / theirs
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// A 500-tree, depth-8 forest made on the spot: load time and memory, then speed.
