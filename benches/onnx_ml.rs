@@ -170,17 +170,17 @@ fn load(dir: &Path) -> Model {
     Model::load(name, 1, &dir.join("1").join("model.onnx"), &[]).unwrap()
 }
 
-/// Prints one table row per batch size; returns the ratios.
+/// Prints one table row per batch size, `rate(batch)` rows/s against onnxruntime's; returns
+/// the ratios.
 fn compare(
     name: &str,
-    model: &Model,
-    dir: &Path,
     ort: &BTreeMap<(String, usize), f64>,
+    mut rate: impl FnMut(usize) -> f64,
 ) -> Vec<f64> {
     BATCHES
         .iter()
         .map(|&batch| {
-            let ours = in_process(model, dir, batch);
+            let ours = rate(batch);
             let theirs = ort[&(name.to_string(), batch)];
             println!(
                 "| {name} | {batch} | {ours:.0} | {theirs:.0} | {:.2} |",
@@ -221,7 +221,10 @@ fn main() {
         for dir in &dirs {
             let name = dir.file_name().unwrap().to_str().unwrap().to_string();
             let model = load(dir);
-            for (batch, ratio) in BATCHES.iter().zip(compare(&name, &model, dir, &ort)) {
+            for (batch, ratio) in BATCHES
+                .iter()
+                .zip(compare(&name, &ort, |batch| in_process(&model, dir, batch)))
+            {
                 by_batch
                     .entry(*batch)
                     .or_default()
@@ -397,7 +400,10 @@ fn realistic(filter: &str) {
         if let Some(problem) = differs(&model, dir) {
             panic!("{name} differs from onnxruntime: {problem}");
         }
-        summary.push((name.clone(), compare(&name, &model, dir, &ort)));
+        summary.push((
+            name.clone(),
+            compare(&name, &ort, |batch| in_process(&model, dir, batch)),
+        ));
     }
     let served = time_served(&dirs, &ort);
     println!();
@@ -450,23 +456,14 @@ fn time_served(dirs: &[PathBuf], ort: &BTreeMap<(String, usize), f64>) -> Vec<Ve
     dirs.iter()
         .map(|dir| {
             let name = dir.file_name().unwrap().to_str().unwrap();
-            BATCHES
-                .iter()
-                .map(|&batch| {
-                    let request = wire_request(name, &inputs(dir, batch));
-                    let mut client = client.clone();
-                    let ours = rows_per_second(batch, || {
-                        let reply = runtime.block_on(client.model_infer(request.clone()));
-                        assert!(reply.is_ok(), "{name}: {reply:?}");
-                    });
-                    let theirs = ort[&(name.to_string(), batch)];
-                    println!(
-                        "| {name} | {batch} | {ours:.0} | {theirs:.0} | {:.2} |",
-                        ours / theirs
-                    );
-                    ours / theirs
+            compare(name, ort, |batch| {
+                let request = wire_request(name, &inputs(dir, batch));
+                let mut client = client.clone();
+                rows_per_second(batch, || {
+                    let reply = runtime.block_on(client.model_infer(request.clone()));
+                    assert!(reply.is_ok(), "{name}: {reply:?}");
                 })
-                .collect()
+            })
         })
         .collect()
 }
@@ -531,6 +528,6 @@ fn big_forest() {
     let ort = onnxruntime(std::slice::from_ref(&dir));
     println!("| model | batch | predictd rows/s | onnxruntime rows/s | ratio |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    compare("big_forest", &model, &dir, &ort);
+    compare("big_forest", &ort, |batch| in_process(&model, &dir, batch));
     let _ = std::fs::remove_dir_all(&out);
 }
