@@ -1,8 +1,10 @@
 //! The release binary serving a model folder, for benches that time predictd served: started
-//! on free ports, called over KServe gRPC by the generated stubs with raw inputs.
+//! on ports the system picks, called over KServe gRPC by the generated stubs with raw inputs.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use predictd::engine::tensor::Tensor;
@@ -26,30 +28,40 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// Starts it on ports the system picks, and reads the gRPC one from its "listening" log
+    /// line (as the tests do): a port found free beforehand could be taken before it binds.
+    /// The rest of its log is drained, warnings and errors passed on to ours.
     pub(crate) fn start(models: &Path) -> Server {
-        let port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (grpc, http) = (port(), port());
-        let child = Command::new(env!("CARGO_BIN_EXE_predictd"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_predictd"))
             .args(["serve", "--models"])
             .arg(models)
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
             .args(["--max-message-bytes", &MAX_MESSAGE_BYTES.to_string()])
             // A batch of 8 at 512 tokens runs past the default 30 s on two cores.
             .args(["--request-timeout", "10m"])
-            .env("PREDICTD_LOG", "warn")
             .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (send, addr) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if log["message"] == "predictd listening" {
+                    let _ = send.send(log["grpc"].as_str().unwrap_or_default().to_string());
+                } else if log["level"] != "INFO" {
+                    eprintln!("{line}");
+                }
+            }
+        });
+        let addr = addr
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server did not say where it listens");
         Server {
             child,
-            addr: format!("http://127.0.0.1:{grpc}"),
+            addr: format!("http://{addr}"),
         }
     }
 
