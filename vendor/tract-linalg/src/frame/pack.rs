@@ -308,6 +308,15 @@ impl PackedFormat {
                     0..mn
                 ));
             }
+            // Each panel ends in padding past its k records. Left as the allocator gave it, the
+            // same weights packed twice differed there, so equal packed constants compared
+            // unequal (and garbage there may decode to denormals, as above).
+            let data_bytes = k * self.r * t.datum_type().size_of();
+            if panel_bytes > data_bytes {
+                for panel in packed.as_bytes_mut().chunks_exact_mut(panel_bytes) {
+                    panel[data_bytes..].fill(0u8);
+                }
+            }
             Ok(Box::new(EagerPackedInput {
                 fact: PackedExoticFact { format: Box::new(self.clone()), mn: mn.to_dim(), k },
                 packed: packed.into(),
