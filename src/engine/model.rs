@@ -826,49 +826,100 @@ mod tests {
 mod shared_weights_tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use super::*;
-    use tract_onnx::tract_core::ops::konst::Const;
+    use std::collections::HashMap;
 
-    /// The constants of a plan, by their allocation.
-    fn constants(plan: &TypedSimplePlan) -> Vec<Arc<TractTensor>> {
-        plan.model()
-            .nodes
-            .iter()
-            .filter_map(|n| n.op_as::<Const>().map(|k| Arc::clone(k.val())))
-            .collect()
+    use super::*;
+    use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
+    use tract_onnx::tract_core::ops::konst::Const;
+    use tract_onnx::tract_core::ops::matmul::optimized::{
+        MatMulOperand, OptMatMul, ProtoFusedSpec,
+    };
+
+    /// The weights a plan holds, as bytes by allocation: its constants (a packed one by its
+    /// packed matrices) and the packed operands baked into its matrix products.
+    fn weights(plan: &TypedSimplePlan) -> HashMap<usize, usize> {
+        let mut held = HashMap::new();
+        let eager = |held: &mut HashMap<usize, usize>, e: &EagerPackedInput| {
+            held.insert(Arc::as_ptr(&e.packed) as usize, e.packed.len());
+        };
+        for node in &plan.model().nodes {
+            if let Some(product) = node.op_as::<OptMatMul>() {
+                for op in &product.micro_ops {
+                    if let ProtoFusedSpec::AddMatMul { a, b, .. } = op {
+                        for operand in [a, b] {
+                            if let MatMulOperand::Const(value) = operand
+                                && let Some(e) = value.downcast_ref::<EagerPackedInput>()
+                            {
+                                eager(&mut held, e);
+                            }
+                        }
+                    }
+                }
+            }
+            let Some(konst) = node.op_as::<Const>() else {
+                continue;
+            };
+            let value = konst.val();
+            if let Some(packed) = value.storage_as::<PackedMatrixStorage>() {
+                for e in packed.values().iter().filter_map(|v| v.downcast_ref()) {
+                    eager(&mut held, e);
+                }
+            } else if value.is_plain_ram() {
+                let bytes = value.len() * value.datum_type().size_of();
+                held.insert(Arc::as_ptr(value) as usize, bytes);
+            }
+        }
+        held
     }
 
     /// Plans fixed to batch sizes, built at load and on first use, hold the weights they have
-    /// in common with the symbolic plan in the symbolic plan's allocation, not in a copy; and
-    /// they still give the same rows (every_way_of_running_a_batch_gives_the_same_rows). (The
-    /// MLP's layers are small enough for our own dense op, which keeps its weights in itself.)
+    /// in common with the symbolic plan in the symbolic plan's allocations, not in copies: nine
+    /// tenths of what a fixed plan holds is the symbolic plan's, and all of a model's plans
+    /// together hold little more than the symbolic one (a few layers of a fixed plan may pack
+    /// for another kernel). (The bundled CNN's layers are so small that every batch size packs
+    /// them for another kernel.) They still give
+    /// the same rows (every_way_of_running_a_batch_gives_the_same_rows, tests/deep_models.rs).
+    /// A convolution keeps its packed kernel as a constant; a transformer's linear layers keep
+    /// theirs baked into the matrix product. Packed weights used to carry uninitialised padding,
+    /// so equal weights packed twice compared unequal, at random (vendor/tract-linalg/PATCH.md).
     #[test]
     fn a_models_plans_hold_one_copy_of_each_weight() {
-        for name in ["digits_cnn"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("models")
-                .join(name)
-                .join("1/model.onnx");
-            let model = Model::load(name, 1, &path, &[1, 4]).unwrap();
-            let symbolic = constants(&model.plan);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // The most all plans hold, in percent of the symbolic plan's weights: measured 100.05%
+        // and 119% (more of the small ResNet's layers pack for another kernel at batch 1 than
+        // of ResNet-18's, which hold 5% more).
+        for (path, most_percent) in [
+            (root.join("tests/deep/resnet_small/1/model.onnx"), 125),
+            (root.join("tests/deep/bert_small/1/model.onnx"), 101),
+        ] {
+            let shown = path.display();
+            let model = Model::load("m", 1, &path, &[1, 4]).unwrap();
+            let symbolic = weights(&model.plan);
+            let symbolic_bytes: usize = symbolic.values().sum();
             let mut later: Vec<Arc<TypedSimplePlan>> =
                 model.fixed.iter().map(|(_, p)| Arc::clone(p)).collect();
             later.push(model.exact.as_ref().unwrap().get(7).unwrap());
-            for plan in later {
-                let mut shared = 0;
-                for konst in constants(&plan) {
-                    let equal = symbolic.iter().find(|s| ***s == *konst);
-                    if let Some(equal) = equal {
-                        assert!(
-                            Arc::ptr_eq(equal, &konst),
-                            "{name}: a constant of shape {:?} is held twice",
-                            konst.shape()
-                        );
-                        shared += usize::from(konst.len() > 16);
-                    }
-                }
-                assert!(shared > 0, "{name}: no weight is shared");
+            let mut all = symbolic.clone();
+            for plan in &later {
+                let held = weights(plan);
+                let shared: usize = held
+                    .iter()
+                    .filter(|(at, _)| symbolic.contains_key(at))
+                    .map(|(_, bytes)| bytes)
+                    .sum();
+                let bytes: usize = held.values().sum();
+                assert!(
+                    shared * 10 >= bytes * 9,
+                    "{shown}: a fixed plan holds {bytes} bytes of weights, {shared} of them the symbolic plan's"
+                );
+                all.extend(held);
             }
+            let all_bytes: usize = all.values().sum();
+            assert!(
+                all_bytes * 100 <= symbolic_bytes * most_percent,
+                "{shown}: {} plans hold {all_bytes} bytes of weights, the symbolic one alone {symbolic_bytes}",
+                later.len() + 1
+            );
         }
     }
 }
