@@ -829,6 +829,7 @@ mod shared_weights_tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::engine::shared_weights::eager as eager_input;
     use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
     use tract_onnx::tract_core::ops::konst::Const;
     use tract_onnx::tract_core::ops::matmul::optimized::{
@@ -848,7 +849,7 @@ mod shared_weights_tests {
                     if let ProtoFusedSpec::AddMatMul { a, b, .. } = op {
                         for operand in [a, b] {
                             if let MatMulOperand::Const(value) = operand
-                                && let Some(e) = value.downcast_ref::<EagerPackedInput>()
+                                && let Some(e) = eager_input(&**value)
                             {
                                 eager(&mut held, e);
                             }
@@ -861,7 +862,7 @@ mod shared_weights_tests {
             };
             let value = konst.val();
             if let Some(packed) = value.storage_as::<PackedMatrixStorage>() {
-                for e in packed.values().iter().filter_map(|v| v.downcast_ref()) {
+                for e in packed.values().iter().filter_map(|v| eager_input(&**v)) {
                     eager(&mut held, e);
                 }
             } else if value.is_plain_ram() {
@@ -876,12 +877,12 @@ mod shared_weights_tests {
     /// in common with the symbolic plan in the symbolic plan's allocations, not in copies: nine
     /// tenths of what a fixed plan holds is the symbolic plan's, and all of a model's plans
     /// together hold little more than the symbolic one (a few layers of a fixed plan may pack
-    /// for another kernel). (The bundled CNN's layers are so small that every batch size packs
-    /// them for another kernel.) They still give
-    /// the same rows (every_way_of_running_a_batch_gives_the_same_rows, tests/deep_models.rs).
-    /// A convolution keeps its packed kernel as a constant; a transformer's linear layers keep
-    /// theirs baked into the matrix product. Packed weights used to carry uninitialised padding,
-    /// so equal weights packed twice compared unequal, at random (vendor/tract-linalg/PATCH.md).
+    /// for another kernel; the bundled CNN's layers are so small that every batch size packs
+    /// them for another kernel, so it is not among these). They still give the same rows
+    /// (every_way_of_running_a_batch_gives_the_same_rows, tests/deep_models.rs). A convolution
+    /// keeps its packed kernel as a constant; a transformer's linear layers keep theirs baked
+    /// into the matrix product. Packed weights used to carry uninitialised padding, so equal
+    /// weights packed twice compared unequal, at random (vendor/tract-linalg/PATCH.md).
     #[test]
     fn a_models_plans_hold_one_copy_of_each_weight() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));

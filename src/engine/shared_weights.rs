@@ -93,7 +93,7 @@ impl Hash for ByContent {
 }
 
 /// The packed matrix an input value holds in memory, if it is of a kind that does.
-fn eager(value: &dyn MMMInputValue) -> Option<&EagerPackedInput> {
+pub(crate) fn eager(value: &dyn MMMInputValue) -> Option<&EagerPackedInput> {
     value
         .downcast_ref::<EagerPackedInput>()
         .or_else(|| value.downcast_ref::<PanelExtractInput>().map(|p| &p.data))
