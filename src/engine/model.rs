@@ -394,7 +394,11 @@ impl Model {
         let rows = inputs.rows().unwrap_or(0);
         let most = if self.batches_pay { RUN_ROWS } else { 1 };
         if rows <= most {
-            return Ok(vec![self.run_plan(&self.plan_for(rows), inputs)?]);
+            return Ok(vec![self.run_plan(
+                &self.plan_for(rows),
+                inputs,
+                &self.executor,
+            )?]);
         }
         let mut sizes = vec![most; rows / most];
         if !rows.is_multiple_of(most) {
@@ -407,18 +411,24 @@ impl Model {
     }
 
     /// Runs each slice on the plan for its rows, the outputs in order. Given more than one
-    /// thread, the slices run side by side on them, each still free to spread its products
-    /// over threads left idle: splitting one image's products gains only 1.4× on two threads
-    /// (ResNet-18: 77 ms on one, 54 ms on two), and the operators between them not at all.
+    /// thread, the slices run side by side on them: splitting one image's products gains only
+    /// 1.4× on two threads (ResNet-18: 77 ms on one, 54 ms on two), and the operators between
+    /// them not at all. A slice run on a pool thread keeps its products on that thread: a pool
+    /// thread waiting for a product's tasks takes any queued task, another slice's run too,
+    /// and a run started inside a product re-enters tract's per-thread scratch, which panics
+    /// and aborts the process while unwinding.
     fn run_each(&self, slices: Vec<ValidInputs>) -> Result<Vec<Vec<Tensor>>, RunError> {
-        let run =
-            |slice: ValidInputs| self.run_plan(&self.plan_for(slice.rows().unwrap_or(0)), slice);
+        let plan = |slice: &ValidInputs| self.plan_for(slice.rows().unwrap_or(0));
         match &self.executor {
             Executor::MultiThread(pool) if slices.len() > 1 => {
                 use rayon::prelude::*;
+                let run = |slice| self.run_plan(&plan(&slice), slice, &Executor::SingleThread);
                 pool.install(|| slices.into_par_iter().map(run).collect())
             }
-            _ => slices.into_iter().map(run).collect(),
+            _ => slices
+                .into_iter()
+                .map(|slice| self.run_plan(&plan(&slice), slice, &self.executor))
+                .collect(),
         }
     }
 
@@ -454,10 +464,12 @@ impl Model {
             .unwrap_or_else(|| self.plan.clone())
     }
 
+    /// Runs `plan`, its products spread by `executor`.
     fn run_plan(
         &self,
         plan: &Arc<TypedSimplePlan>,
         inputs: ValidInputs,
+        executor: &Executor,
     ) -> Result<Vec<Tensor>, RunError> {
         let values = inputs
             .into_tensors()
@@ -465,7 +477,7 @@ impl Model {
             .map(to_tract)
             .collect::<Result<_, _>>()?;
         let outputs = catch_unwind(AssertUnwindSafe(|| {
-            multithread_tract_scope(self.executor.clone(), || plan.run(values))
+            multithread_tract_scope(executor.clone(), || plan.run(values))
         }))
         .map_err(|panic| RunError::Panicked(Detail(panic_message(&*panic))))?
         .map_err(|e| RunError::engine(format!("{e:#}")))?;
@@ -819,6 +831,59 @@ mod tests {
                 assert_same(name, &way, &stacked, &threaded.run(inputs.clone()).unwrap());
             }
         }
+    }
+
+    /// Requests at once on a model given two threads, some running their rows side by side on
+    /// the pool while others spread one row's products over it: each gets its own rows, and
+    /// the process lives. A pool thread that ran a whole row and waited for a product's tasks
+    /// used to steal another row's run, which re-entered tract's per-thread scratch
+    /// ("RefCell already borrowed") and aborted the server while unwinding.
+    #[test]
+    fn rows_side_by_side_and_split_products_at_once_keep_the_process_up() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/deep/resnet_small/1/model.onnx");
+        let mut model = Model::load_threaded("resnet_small", 1, &path, &[1], 2).unwrap();
+        model.batches_pay = false;
+        let spec = &model.signature().inputs[0];
+        let image = |rows: usize| {
+            let count = rows * 3 * 64 * 64;
+            let values: Vec<f32> = (0..count)
+                .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
+                .collect();
+            let tensor = Tensor::from_values(vec![rows, 3, 64, 64], &values).unwrap();
+            model
+                .signature()
+                .validate([(spec.name.clone(), tensor)])
+                .unwrap()
+        };
+        let (four, one) = (image(4), image(1));
+        let expected_four = model.run(four.clone()).unwrap();
+        let expected_one = model.run(one.clone()).unwrap();
+        std::thread::scope(|scope| {
+            for caller in 0..4 {
+                let (model, four, one) = (&model, four.clone(), one.clone());
+                let (expected_four, expected_one) = (&expected_four, &expected_one);
+                scope.spawn(move || {
+                    for _ in 0..300 {
+                        if caller % 2 == 0 {
+                            assert_same(
+                                "resnet_small",
+                                "4 rows",
+                                expected_four,
+                                &model.run(four.clone()).unwrap(),
+                            );
+                        } else {
+                            assert_same(
+                                "resnet_small",
+                                "1 row",
+                                expected_one,
+                                &model.run(one.clone()).unwrap(),
+                            );
+                        }
+                    }
+                });
+            }
+        });
     }
 }
 
