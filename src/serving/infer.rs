@@ -57,7 +57,7 @@ pub enum InferError {
     },
     /// The deadline passed while the request was queued; it was not run.
     #[error(
-        "model '{model}' version {version}: the deadline passed while the request waited for a worker; it was not run"
+        "model '{model}' version {version}: the deadline (the client's grpc-timeout, or the server's --request-timeout, whichever came first) passed while the request waited for a worker; it was not run"
     )]
     Expired {
         /// The model.
