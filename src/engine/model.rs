@@ -106,7 +106,8 @@ pub struct Model {
     name: String,
     version: u64,
     signature: Signature,
-    /// Runs any batch size.
+    /// Runs any batch size; or, once load [drops it](Model::drop_unused_symbolic_plan), the one-row
+    /// plan again.
     plan: Arc<TypedSimplePlan>,
     /// Plans fixed to one batch size each, built at load.
     fixed: Vec<(usize, Arc<TypedSimplePlan>)>,
@@ -121,8 +122,8 @@ pub struct Model {
 }
 
 /// The most bytes of ONNX file for which a model gets a plan for every batch size it meets.
-/// Each plan holds its own packed copy of the weights, so this bounds the memory at
-/// [`EXACT_PLANS`] copies; and a model this small is the kind whose runs are short enough for
+/// Each plan may pack some weights its own way (the bundled CNN's, all of them), so this bounds
+/// the memory at [`EXACT_PLANS`] copies; and a model this small is the kind whose runs are short enough for
 /// the symbolic plan's overhead to matter (the bundled MLP is 18 KB, the CNN 63 KB).
 const EXACT_PLAN_MAX_FILE: u64 = 1 << 20;
 
@@ -283,6 +284,7 @@ impl Model {
         if model.signature.batchable() {
             // A large model's runs are long: two rows tell as well as eight.
             model.batches_pay = model.stacking_pays(if small { 8 } else { 2 });
+            model.drop_unused_symbolic_plan();
         }
         Ok(model)
     }
@@ -345,8 +347,24 @@ impl Model {
         pays
     }
 
+    /// Lets the one-row plan stand in for the symbolic plan when no run can take the symbolic
+    /// one: the model's rows run one at a time and it builds no plans after load, so every run
+    /// is one row. The symbolic plan would still hold the weights it packed for kernels of its
+    /// own: tract picks a product's kernel by its column count, and packs a 1×1 convolution's
+    /// weights for another kernel when that count is symbolic, so ResNet-50's symbolic plan
+    /// held 57 MB that its one-row plan does not share, MobileNet v2's 14 MB.
+    fn drop_unused_symbolic_plan(&mut self) {
+        if self.batches_pay || self.exact.is_some() {
+            return;
+        }
+        if let Some((_, one_row)) = self.fixed.iter().find(|(rows, _)| *rows == 1) {
+            self.plan = one_row.clone();
+        }
+    }
+
     /// The same model with only its symbolic plan, which then runs every batch size: what the
-    /// fixed plans are measured against (`benches/engine.rs`).
+    /// fixed plans are measured against (`benches/engine.rs`). Models that
+    /// [drop it](Self::drop_unused_symbolic_plan) at load are not for this.
     pub fn with_symbolic_plan_only(mut self) -> Model {
         self.fixed.clear();
         self.exact = None;
@@ -773,7 +791,7 @@ mod tests {
             .unwrap()
     }
 
-    fn assert_same(name: &str, way: &str, expected: &[Tensor], got: &[Tensor]) {
+    pub(super) fn assert_same(name: &str, way: &str, expected: &[Tensor], got: &[Tensor]) {
         assert_eq!(expected.len(), got.len());
         for (e, g) in expected.iter().zip(got) {
             assert_eq!(e.shape(), g.shape(), "{name}, {way}");
@@ -986,6 +1004,43 @@ mod shared_weights_tests {
                 "{shown}: {} plans hold {all_bytes} bytes of weights, the symbolic one alone {symbolic_bytes}",
                 later.len() + 1
             );
+        }
+    }
+
+    /// A model whose rows run one at a time, and that builds no plans after load (a large one),
+    /// keeps only its one-row plan's weights, and gives the rows it gave before.
+    #[test]
+    fn a_model_run_a_row_at_a_time_keeps_only_the_one_row_plan() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/deep/resnet_small/1/model.onnx");
+        let mut model = Model::load("resnet_small", 1, &path, &[1]).unwrap();
+        let spec = model.signature().inputs[0].clone();
+        let image = |model: &Model, rows: usize| {
+            let values: Vec<f32> = (0..rows * 3 * 64 * 64)
+                .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
+                .collect();
+            let tensor = Tensor::from_values(vec![rows, 3, 64, 64], &values).unwrap();
+            let named = [(spec.name.clone(), tensor)];
+            model.signature().validate(named).unwrap()
+        };
+        let one_row = Arc::clone(&model.fixed[0].1);
+        model.exact = None;
+        model.batches_pay = true;
+        model.drop_unused_symbolic_plan();
+        assert!(
+            !Arc::ptr_eq(&model.plan, &one_row),
+            "kept while batches pay"
+        );
+        let before: Vec<_> = [1, 3]
+            .map(|rows| model.run(image(&model, rows)).unwrap())
+            .into();
+        model.batches_pay = false;
+        model.drop_unused_symbolic_plan();
+        assert!(Arc::ptr_eq(&model.plan, &one_row));
+        assert_eq!(weights(&model.plan), weights(&one_row));
+        for (rows, expected) in [1, 3].into_iter().zip(&before) {
+            let got = model.run(image(&model, rows)).unwrap();
+            super::tests::assert_same("resnet_small", &format!("{rows} rows"), expected, &got);
         }
     }
 }
