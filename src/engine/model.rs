@@ -123,8 +123,9 @@ pub struct Model {
 
 /// The most bytes of ONNX file for which a model gets a plan for every batch size it meets.
 /// Each plan may pack some weights its own way (the bundled CNN's, all of them), so this bounds
-/// the memory at [`EXACT_PLANS`] copies; and a model this small is the kind whose runs are short enough for
-/// the symbolic plan's overhead to matter (the bundled MLP is 18 KB, the CNN 63 KB).
+/// the memory at [`EXACT_PLANS`] copies; and a model this small is the kind whose runs are
+/// short enough for the symbolic plan's overhead to matter (the bundled MLP is 18 KB, the CNN
+/// 63 KB).
 const EXACT_PLAN_MAX_FILE: u64 = 1 << 20;
 
 /// The most batch sizes that get a plan built on first use, per model version.

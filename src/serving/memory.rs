@@ -65,9 +65,10 @@ pub fn release_free_memory() {
 /// Caps glibc malloc's arenas at one per core, unless the environment sets their number
 /// (`MALLOC_ARENA_MAX`, or `arena_max` in `GLIBC_TUNABLES`). glibc gives each thread that
 /// allocates while another holds an arena its own, up to eight per core, and each keeps the
-/// memory its runs freed: with five deep models served to four callers the process held 630 MiB
-/// after three minutes, and 526 MiB with two arenas on two cores, answering as many calls
-/// (docs/PERFORMANCE.md, "Across a long served run"). Call before any thread starts.
+/// memory its runs freed: with five deep models served to four callers for six minutes, the
+/// process held 590-643 MiB, and 489-539 MiB with two arenas on two cores; the calls answered
+/// differed by less than between two runs of either (docs/PERFORMANCE.md, "Across a long
+/// served run"). Call before any thread starts.
 pub fn cap_allocator_arenas(cores: usize) {
     let tunables = std::env::var("GLIBC_TUNABLES").ok();
     if arenas_set_by(
