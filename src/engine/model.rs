@@ -792,6 +792,19 @@ mod tests {
             .unwrap()
     }
 
+    /// `rows` images of the small ResNet (`tests/deep/resnet_small`, 3×64×64), values in -1..1.
+    pub(super) fn small_resnet_images(model: &Model, rows: usize) -> ValidInputs {
+        let spec = &model.signature().inputs[0];
+        let values: Vec<f32> = (0..rows * 3 * 64 * 64)
+            .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
+            .collect();
+        let tensor = Tensor::from_values(vec![rows, 3, 64, 64], &values).unwrap();
+        model
+            .signature()
+            .validate([(spec.name.clone(), tensor)])
+            .unwrap()
+    }
+
     pub(super) fn assert_same(name: &str, way: &str, expected: &[Tensor], got: &[Tensor]) {
         assert_eq!(expected.len(), got.len());
         for (e, g) in expected.iter().zip(got) {
@@ -863,19 +876,10 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/deep/resnet_small/1/model.onnx");
         let mut model = Model::load_threaded("resnet_small", 1, &path, &[1], 2).unwrap();
         model.batches_pay = false;
-        let spec = &model.signature().inputs[0];
-        let image = |rows: usize| {
-            let count = rows * 3 * 64 * 64;
-            let values: Vec<f32> = (0..count)
-                .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
-                .collect();
-            let tensor = Tensor::from_values(vec![rows, 3, 64, 64], &values).unwrap();
-            model
-                .signature()
-                .validate([(spec.name.clone(), tensor)])
-                .unwrap()
-        };
-        let (four, one) = (image(4), image(1));
+        let (four, one) = (
+            small_resnet_images(&model, 4),
+            small_resnet_images(&model, 1),
+        );
         let expected_four = model.run(four.clone()).unwrap();
         let expected_one = model.run(one.clone()).unwrap();
         std::thread::scope(|scope| {
@@ -1015,15 +1019,7 @@ mod shared_weights_tests {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/deep/resnet_small/1/model.onnx");
         let mut model = Model::load("resnet_small", 1, &path, &[1]).unwrap();
-        let spec = model.signature().inputs[0].clone();
-        let image = |model: &Model, rows: usize| {
-            let values: Vec<f32> = (0..rows * 3 * 64 * 64)
-                .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
-                .collect();
-            let tensor = Tensor::from_values(vec![rows, 3, 64, 64], &values).unwrap();
-            let named = [(spec.name.clone(), tensor)];
-            model.signature().validate(named).unwrap()
-        };
+        let image = super::tests::small_resnet_images;
         let one_row = Arc::clone(&model.fixed[0].1);
         model.exact = None;
         model.batches_pay = true;
