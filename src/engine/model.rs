@@ -284,8 +284,13 @@ impl Model {
         };
         if model.signature.batchable() {
             // A large model's runs are long: two rows tell as well as eight.
-            model.batches_pay = model.stacking_pays(if small { 8 } else { 2 });
-            model.drop_unused_symbolic_plan();
+            let gain = model.stacking_gain(if small { 8 } else { 2 });
+            model.batches_pay = gain > 1.0;
+            // Only a clear loss (CNNs: 2-11×) gives up the symbolic plan: a close call may go
+            // the other way on the next load, and the model's memory with it.
+            if gain < 2.0 / 3.0 {
+                model.drop_unused_symbolic_plan();
+            }
         }
         Ok(model)
     }
@@ -302,8 +307,9 @@ impl Model {
     /// Times `rows` rows of zeros stacked against the same rows one at a time, best of three
     /// each, at load, on the model's threads: a few ms for the bundled CNN; with it, ResNet-18
     /// loads in 0.9 s and ResNet-50 in 2.3 s on two threads. A model whose inputs have other
-    /// free dimensions, or text, is taken to gain from batching.
-    fn stacking_pays(&self, rows: usize) -> bool {
+    /// free dimensions, or text, is taken to gain from batching. Gives one-at-a-time's time over
+    /// stacked's: above 1, stacking pays.
+    fn stacking_gain(&self, rows: usize) -> f64 {
         let zeros = |n: usize| -> Option<ValidInputs> {
             let mut named = Vec::new();
             for spec in &self.signature.inputs {
@@ -324,7 +330,7 @@ impl Model {
             self.signature.validate(named).ok()
         };
         let (Some(one), Some(stacked)) = (zeros(1), zeros(rows)) else {
-            return true;
+            return f64::INFINITY;
         };
         let best_of_three = |run: &dyn Fn() -> bool| {
             (0..3)
@@ -340,12 +346,12 @@ impl Model {
             let pieces = vec![one.clone(); rows];
             self.run_each(pieces).is_ok()
         });
-        let pays = match (stacked_time, single_time) {
-            (Some(stacked), Some(single)) => stacked < single,
-            _ => true,
+        let gain = match (stacked_time, single_time) {
+            (Some(stacked), Some(single)) => single.as_secs_f64() / stacked.as_secs_f64(),
+            _ => f64::INFINITY,
         };
-        tracing::debug!(model = %self.name, ?stacked_time, ?single_time, pays, "batching {rows} rows");
-        pays
+        tracing::debug!(model = %self.name, ?stacked_time, ?single_time, gain, "batching {rows} rows");
+        gain
     }
 
     /// Lets the one-row plan stand in for the symbolic plan when no run can take the symbolic
