@@ -124,6 +124,22 @@ pub enum InputError {
         /// The shape sent.
         got: Vec<usize>,
     },
+    /// A free dimension other than the batch sent with size 0: plans are optimised for sizes
+    /// of at least 1 (tract is told so, which is what lets it pick its fast kernels).
+    #[error(
+        "input '{input}': dimension {axis} ('{symbol}') is 0 (shape {}); it takes at least 1",
+        ShapeDisplay(.got)
+    )]
+    EmptyDimension {
+        /// The input's name.
+        input: String,
+        /// The axis of that dimension.
+        axis: usize,
+        /// The symbol naming it.
+        symbol: String,
+        /// The shape sent.
+        got: Vec<usize>,
+    },
     /// Two dimensions that must agree (the same symbol) do not.
     #[error(
         "input '{input}': dimension {axis} is {got}, but '{symbol}' is {expected} in input '{first}'"
@@ -300,6 +316,14 @@ impl Signature {
                                 got: got.to_vec(),
                             });
                         }
+                        if size == 0 {
+                            return Err(InputError::EmptyDimension {
+                                input: spec.name.clone(),
+                                axis,
+                                symbol: symbol.clone(),
+                                got: got.to_vec(),
+                            });
+                        }
                         match bound.get(symbol.as_str()) {
                             Some(&(expected, first)) if expected != size => {
                                 return Err(InputError::SymbolMismatch {
@@ -465,5 +489,30 @@ mod tests {
             err.to_string(),
             "unknown output 'z'; the model's outputs are: 'y'"
         );
+    }
+
+    #[test]
+    fn a_free_dimension_takes_at_least_one() {
+        let tokens = |rows: usize, length: usize| {
+            let ids = Tensor::from_values(vec![rows, length], &vec![0i64; rows * length]);
+            [("ids".to_string(), ids.expect("valid"))]
+        };
+        let sig = Signature {
+            inputs: vec![TensorSpec {
+                name: "ids".into(),
+                dtype: DType::I64,
+                shape: vec![Dim::Symbol("N".into()), Dim::Symbol("S".into())],
+            }],
+            outputs: vec![],
+            batch_symbol: Some("N".into()),
+        };
+        assert_eq!(sig.validate(tokens(2, 1)).expect("valid").rows(), Some(2));
+        let err = sig.validate(tokens(2, 0)).expect_err("no tokens");
+        assert_eq!(
+            err.to_string(),
+            "input 'ids': dimension 1 ('S') is 0 (shape [2, 0]); it takes at least 1"
+        );
+        let err = sig.validate(tokens(0, 0)).expect_err("no rows");
+        assert!(matches!(err, InputError::EmptyBatch { .. }), "{err}");
     }
 }
