@@ -10,7 +10,7 @@ use predictd::engine::open::{OpenDefaults, open_file};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    predictd::serving::memory::cap_allocator_arenas(predictd::engine::threads::cores());
+    predictd::serving::memory::tune_allocator(predictd::engine::threads::cores());
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {

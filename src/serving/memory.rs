@@ -62,38 +62,57 @@ pub fn release_free_memory() {
     }
 }
 
-/// Caps glibc malloc's arenas at one per core, unless the environment sets their number
-/// (`MALLOC_ARENA_MAX`, or `arena_max` in `GLIBC_TUNABLES`). glibc gives each thread that
-/// allocates while another holds an arena its own, up to eight per core, and each keeps the
-/// memory its runs freed: with five deep models served to four callers for six minutes, the
-/// process held 590-643 MiB, and 489-539 MiB with two arenas on two cores; the calls answered
-/// differed by less than between two runs of either (docs/PERFORMANCE.md, "Across a long
-/// served run"). Call before any thread starts.
-pub fn cap_allocator_arenas(cores: usize) {
+/// Sets glibc malloc's parameters for a server whose runs allocate and free tens of MB each
+/// time, each one unless the environment sets it (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`,
+/// `MALLOC_TRIM_THRESHOLD_`, or the same in `GLIBC_TUNABLES`). Call before any thread starts.
+///
+/// - Arenas: one per core. glibc gives each thread that allocates while another holds an arena
+///   its own, up to eight per core, and each keeps the memory its runs freed: with five deep
+///   models served to four callers for six minutes, the process held 590-643 MiB, and
+///   489-539 MiB with two arenas on two cores; the calls answered differed by less than between
+///   two runs of either (docs/PERFORMANCE.md, "Across a long served run").
+/// - Blocks of up to [`HEAP_BLOCKS_UP_TO`] come from the heap, and the heap keeps that much free
+///   at its top. glibc's own thresholds moved with what was freed last: a BERT encoder at 512
+///   tokens (12 MB of attention scores per layer) gave its heap back after each layer and
+///   faulted it in again, zeroed, in the next, 358-370 ms a run against 271-278 ms with both set
+///   (one thread). Either one alone did not help.
+pub fn tune_allocator(cores: usize) {
     let tunables = std::env::var("GLIBC_TUNABLES").ok();
-    if arenas_set_by(
-        std::env::var_os("MALLOC_ARENA_MAX").is_some(),
-        tunables.as_deref(),
-    ) {
-        return;
-    }
+    let unset = |variable: &str, tunable: &str| {
+        !set_by_environment(
+            std::env::var_os(variable).is_some(),
+            tunables.as_deref(),
+            tunable,
+        )
+    };
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]
-    // SAFETY: mallopt only sets a malloc parameter; M_ARENA_MAX takes any positive count.
+    // SAFETY: mallopt only sets a malloc parameter; each value is in its parameter's range.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, cores.clamp(1, 1 << 16) as libc::c_int);
+        if unset("MALLOC_ARENA_MAX", "glibc.malloc.arena_max") {
+            libc::mallopt(libc::M_ARENA_MAX, cores.clamp(1, 1 << 16) as libc::c_int);
+        }
+        if unset("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold") {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO);
+        }
+        if unset("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold") {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_BLOCKS_UP_TO);
+        }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = cores;
+    let _ = (cores, unset);
 }
 
-/// Whether the environment sets glibc's arena count: `MALLOC_ARENA_MAX` is set, or
-/// `GLIBC_TUNABLES` (`name=value` pairs joined by `:`) names `glibc.malloc.arena_max`.
-fn arenas_set_by(malloc_arena_max: bool, tunables: Option<&str>) -> bool {
-    malloc_arena_max
+/// glibc's largest mmap threshold on 64-bit targets, which its own adjustment stops at.
+const HEAP_BLOCKS_UP_TO: i32 = 32 << 20;
+
+/// Whether the environment sets a glibc malloc parameter: its variable is set, or
+/// `GLIBC_TUNABLES` (`name=value` pairs joined by `:`) names its tunable.
+fn set_by_environment(variable: bool, tunables: Option<&str>, tunable: &str) -> bool {
+    variable
         || tunables.is_some_and(|t| {
             t.split(':')
-                .any(|pair| pair.split('=').next() == Some("glibc.malloc.arena_max"))
+                .any(|pair| pair.split('=').next() == Some(tunable))
         })
 }
 
@@ -158,15 +177,26 @@ mod tests {
     }
 
     #[test]
-    fn the_environments_arena_count_wins() {
-        assert!(!arenas_set_by(false, None));
-        assert!(arenas_set_by(true, None));
-        assert!(arenas_set_by(false, Some("glibc.malloc.arena_max=4")));
-        let others = "glibc.malloc.trim_threshold=0:glibc.malloc.arena_max=1";
-        assert!(arenas_set_by(false, Some(others)));
-        assert!(!arenas_set_by(
+    fn the_environments_malloc_settings_win() {
+        let arenas = "glibc.malloc.arena_max";
+        assert!(!set_by_environment(false, None, arenas));
+        assert!(set_by_environment(true, None, arenas));
+        assert!(set_by_environment(
             false,
-            Some("glibc.malloc.mmap_threshold=131072")
+            Some("glibc.malloc.arena_max=4"),
+            arenas
+        ));
+        let two = "glibc.malloc.trim_threshold=0:glibc.malloc.arena_max=1";
+        assert!(set_by_environment(false, Some(two), arenas));
+        assert!(set_by_environment(
+            false,
+            Some(two),
+            "glibc.malloc.trim_threshold"
+        ));
+        assert!(!set_by_environment(
+            false,
+            Some(two),
+            "glibc.malloc.mmap_threshold"
         ));
     }
 
