@@ -199,9 +199,9 @@ pub struct ServeArgs {
     pub workers: Option<usize>,
     /// Threads one run of a model spreads its matrix products over, unless its config.toml says
     /// otherwise [default: every core]. Models given the same number share one pool of that
-    /// many threads, so busy workers queue for those cores instead of oversubscribing them: a
-    /// lone request uses them all, and under load workers × threads never exceeds them. 1 runs
-    /// each request on its worker alone.
+    /// many threads, and a run uses it only when no other run is in flight: a lone request
+    /// uses every core, and under load each run stays on its worker, so workers × threads
+    /// never oversubscribes the cores. 1 runs each request on its worker alone.
     #[arg(long, env = "PREDICTD_THREADS")]
     pub threads: Option<usize>,
     /// Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.

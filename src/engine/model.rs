@@ -349,10 +349,12 @@ impl Model {
                 .min()
                 .flatten()
         };
-        let stacked_time = best_of_three(&|| self.run(stacked.clone()).is_ok());
+        // On the model's threads both ways, whatever else runs meanwhile.
+        let stacked_time =
+            best_of_three(&|| self.run_parts_on(stacked.clone(), &self.executor).is_ok());
         let single_time = best_of_three(&|| {
             let pieces = vec![one.clone(); rows];
-            self.run_each(pieces).is_ok()
+            self.run_each(pieces, &self.executor).is_ok()
         });
         let gain = match (stacked_time, single_time) {
             (Some(stacked), Some(single)) => single.as_secs_f64() / stacked.as_secs_f64(),
@@ -423,14 +425,30 @@ impl Model {
 
     /// [`Self::run`]'s runs, their outputs in order and not yet [stacked](Self::stack): a
     /// caller that runs a batch a slice at a time stacks every slice's parts once.
+    /// The run spreads over the model's threads only when no other run is in flight
+    /// ([`crate::engine::threads::Running`]).
     pub fn run_parts(&self, inputs: ValidInputs) -> Result<Vec<Vec<Tensor>>, RunError> {
+        let running = crate::engine::threads::Running::start();
+        let executor = if running.alone() {
+            &self.executor
+        } else {
+            &Executor::SingleThread
+        };
+        self.run_parts_on(inputs, executor)
+    }
+
+    fn run_parts_on(
+        &self,
+        inputs: ValidInputs,
+        executor: &Executor,
+    ) -> Result<Vec<Vec<Tensor>>, RunError> {
         let rows = inputs.rows().unwrap_or(0);
         let most = if self.batches_pay { RUN_ROWS } else { 1 };
         if rows <= most {
             return Ok(vec![self.run_plan(
                 &self.plan_for(rows),
                 inputs,
-                &self.executor,
+                executor,
             )?]);
         }
         let mut sizes = vec![most; rows / most];
@@ -440,7 +458,7 @@ impl Model {
         let slices = inputs
             .into_pieces(&sizes)
             .ok_or_else(|| RunError::engine(format!("{rows} rows do not split into {sizes:?}")))?;
-        self.run_each(slices)
+        self.run_each(slices, executor)
     }
 
     /// Runs each slice on the plan for its rows, the outputs in order. Given more than one
@@ -450,9 +468,13 @@ impl Model {
     /// thread waiting for a product's tasks takes any queued task, another slice's run too,
     /// and a run started inside a product re-enters tract's per-thread scratch, which panics
     /// and aborts the process while unwinding.
-    fn run_each(&self, slices: Vec<ValidInputs>) -> Result<Vec<Vec<Tensor>>, RunError> {
+    fn run_each(
+        &self,
+        slices: Vec<ValidInputs>,
+        executor: &Executor,
+    ) -> Result<Vec<Vec<Tensor>>, RunError> {
         let plan = |slice: &ValidInputs| self.plan_for(slice.rows().unwrap_or(0));
-        match &self.executor {
+        match executor {
             Executor::MultiThread(pool) if slices.len() > 1 => {
                 use rayon::prelude::*;
                 let run = |slice| self.run_plan(&plan(&slice), slice, &Executor::SingleThread);
@@ -460,7 +482,7 @@ impl Model {
             }
             _ => slices
                 .into_iter()
-                .map(|slice| self.run_plan(&plan(&slice), slice, &self.executor))
+                .map(|slice| self.run_plan(&plan(&slice), slice, executor))
                 .collect(),
         }
     }
@@ -941,7 +963,9 @@ mod tests {
     /// the pool while others spread one row's products over it: each gets its own rows, and
     /// the process lives. A pool thread that ran a whole row and waited for a product's tasks
     /// used to steal another row's run, which re-entered tract's per-thread scratch
-    /// ("RefCell already borrowed") and aborted the server while unwinding.
+    /// ("RefCell already borrowed") and aborted the server while unwinding. (Served runs take
+    /// the pool only when alone; these take it at once, as a load's timing of a model may while
+    /// other models run.)
     #[test]
     fn rows_side_by_side_and_split_products_at_once_keep_the_process_up() {
         let path =
@@ -958,6 +982,10 @@ mod tests {
             for caller in 0..4 {
                 let (model, four, one) = (&model, four.clone(), one.clone());
                 let (expected_four, expected_one) = (&expected_four, &expected_one);
+                let on_pool = move |inputs: ValidInputs| {
+                    let parts = model.run_parts_on(inputs, &model.executor).unwrap();
+                    model.stack(parts).unwrap()
+                };
                 scope.spawn(move || {
                     for _ in 0..300 {
                         if caller % 2 == 0 {
@@ -965,14 +993,14 @@ mod tests {
                                 "resnet_small",
                                 "4 rows",
                                 expected_four,
-                                &model.run(four.clone()).unwrap(),
+                                &on_pool(four.clone()),
                             );
                         } else {
                             assert_same(
                                 "resnet_small",
                                 "1 row",
                                 expected_one,
-                                &model.run(one.clone()).unwrap(),
+                                &on_pool(one.clone()),
                             );
                         }
                     }
