@@ -82,8 +82,10 @@ async fn sixty_four_concurrent_clients_each_get_their_own_rows() {
     }
 }
 
-/// `<root>/lookup/1/model.onnx`: Gather of 10 constants by `idx` INT64 [N] → `value` FP32
-/// [N]. An index out of range fails the run, which lets a test poison one batch member.
+/// `<root>/lookup/1/model.onnx`: Gather of 11 constants by `idx + 1` (`idx` INT64 [N]; the
+/// first constant is never picked) → `value` FP32 [N], `idx * 10` for `idx` in 0..10. An index out of range fails the run, which lets a test poison one batch
+/// member: validation refuses an input that indexes a table directly, but not one computed on
+/// the way, as this one is.
 fn write_lookup_model(root: &Path) {
     use prost::Message;
     use tract_onnx::pb as onnx;
@@ -116,19 +118,36 @@ fn write_lookup_model(root: &Path) {
         }],
         graph: Some(onnx::GraphProto {
             name: "lookup".into(),
-            node: vec![onnx::NodeProto {
-                input: vec!["table".into(), "idx".into()],
-                output: vec!["value".into()],
-                op_type: "Gather".into(),
-                ..Default::default()
-            }],
-            initializer: vec![onnx::TensorProto {
-                name: "table".into(),
-                dims: vec![10],
-                data_type: onnx::tensor_proto::DataType::Float as i32,
-                float_data: (0..10).map(|i| i as f32 * 10.0).collect(),
-                ..Default::default()
-            }],
+            node: vec![
+                onnx::NodeProto {
+                    input: vec!["idx".into(), "one".into()],
+                    output: vec!["computed".into()],
+                    op_type: "Add".into(),
+                    ..Default::default()
+                },
+                onnx::NodeProto {
+                    input: vec!["table".into(), "computed".into()],
+                    output: vec!["value".into()],
+                    op_type: "Gather".into(),
+                    ..Default::default()
+                },
+            ],
+            initializer: vec![
+                onnx::TensorProto {
+                    name: "table".into(),
+                    dims: vec![11],
+                    data_type: onnx::tensor_proto::DataType::Float as i32,
+                    float_data: (-1..10).map(|i| i as f32 * 10.0).collect(),
+                    ..Default::default()
+                },
+                onnx::TensorProto {
+                    name: "one".into(),
+                    dims: vec![1],
+                    data_type: onnx::tensor_proto::DataType::Int64 as i32,
+                    int64_data: vec![1],
+                    ..Default::default()
+                },
+            ],
             input: vec![io("idx", onnx::tensor_proto::DataType::Int64)],
             output: vec![io("value", onnx::tensor_proto::DataType::Float)],
             ..Default::default()
@@ -147,7 +166,7 @@ async fn a_failing_request_fails_alone_and_its_batch_neighbours_succeed() {
     let server = batching_server(dir.path()).await;
     let mut calls = Vec::new();
     for client in 0..16i64 {
-        // Client 7 asks for index 1000 of a 10-entry table.
+        // Client 7 asks for index 1000, past the table.
         let idx = if client == 7 { 1000 } else { client % 10 };
         let request = pb::PredictRequest {
             model: "lookup".into(),

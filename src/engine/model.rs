@@ -38,7 +38,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
 use crate::engine::shared_weights::SharedWeights;
-use crate::engine::signature::{Dim, Signature, TensorSpec, ValidInputs};
+use crate::engine::signature::{Dim, IndexLimit, Signature, TensorSpec, ValidInputs};
 use crate::engine::tensor::{DType, Tensor, TensorError};
 use crate::error::{Classify, ErrorKind};
 
@@ -247,10 +247,11 @@ impl Model {
         let (decluttered, batch, labels) = decluttered_model(path).map_err(fail)?;
         let weights = SharedWeights::default();
         let optimised = optimise(decluttered.clone(), &labels, &weights).map_err(fail)?;
-        let signature = signature_of(&optimised).map_err(|reason| LoadError {
+        let mut signature = signature_of(&optimised).map_err(|reason| LoadError {
             path: path.to_path_buf(),
             reason,
         })?;
+        signature.index_limits = index_limits(&decluttered);
         let mut sizes: Vec<usize> = fixed_batch_sizes
             .iter()
             .copied()
@@ -690,7 +691,49 @@ fn signature_of(model: &TypedModel) -> Result<Signature, String> {
         inputs,
         outputs,
         batch_symbol,
+        index_limits: Vec::new(),
     })
+}
+
+/// The inputs whose values pick rows of a constant table, straight or through casts and
+/// reshapes (a transformer's token ids into its embeddings): tract's `Gather` reads the row
+/// unchecked and panics past the table, so validation checks them instead
+/// ([`crate::engine::signature::IndexLimit`]).
+fn index_limits(model: &TypedModel) -> Vec<IndexLimit> {
+    use tract_onnx::tract_core::ops::array::Gather;
+    use tract_onnx::tract_core::ops::cast::Cast;
+    use tract_onnx::tract_core::ops::change_axes::AxisOp;
+    let mut limits = Vec::new();
+    for node in model.nodes() {
+        let (Some(gather), [data, indices]) = (node.op_as::<Gather>(), node.inputs.as_slice())
+        else {
+            continue;
+        };
+        let Ok(table) = model.outlet_fact(*data) else {
+            continue;
+        };
+        let rows = table.shape.get(gather.axis).and_then(|d| d.to_usize().ok());
+        let (Some(rows), Some(_)) = (rows.filter(|&r| r > 0), &table.konst) else {
+            continue;
+        };
+        let mut outlet = *indices;
+        loop {
+            let from = model.node(outlet.node);
+            if let Some(input) = model.inputs.iter().position(|i| *i == outlet) {
+                limits.push(IndexLimit {
+                    input,
+                    rows,
+                    table: model.node(data.node).name.clone(),
+                });
+                break;
+            }
+            match from.inputs.as_slice() {
+                [only] if from.op_is::<Cast>() || from.op_is::<AxisOp>() => outlet = *only,
+                _ => break,
+            }
+        }
+    }
+    limits
 }
 
 /// The symbol that is the first dimension of every input and output, if there is one.
@@ -867,6 +910,32 @@ mod tests {
             .map(|node| format!("{} {:?}", node.name, node.outputs[0].fact.shape))
             .collect();
         assert!(generic.is_empty(), "generic element-wise ops: {generic:?}");
+    }
+
+    /// A BERT encoder's token ids index its embeddings: an id past the vocabulary is refused by
+    /// validation, where tract's `Gather` panicked ("range start index 64000 out of range for
+    /// slice of length 32000").
+    #[test]
+    fn token_ids_past_the_vocabulary_are_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/deep/bert_small/1/model.onnx");
+        let model = Model::load("bert_small", 1, &path, &[]).unwrap();
+        let limits = &model.signature().index_limits;
+        assert_eq!(limits.len(), 1, "{limits:?}");
+        assert_eq!(model.signature().inputs[limits[0].input].name, "input_ids");
+        assert_eq!(limits[0].rows, 1000, "the small BERT's vocabulary");
+        let request = |id: i64| {
+            let tensor = |v: &[i64]| Tensor::from_values(vec![1, 3], v).unwrap();
+            model.signature().validate([
+                ("input_ids".to_string(), tensor(&[101, id, 102])),
+                ("attention_mask".to_string(), tensor(&[1, 1, 1])),
+            ])
+        };
+        assert!(model.run(request(999).unwrap()).is_ok());
+        let err = request(2000).expect_err("past the vocabulary");
+        assert!(
+            err.to_string().contains("value 2000 at position 1"),
+            "{err}"
+        );
     }
 
     /// `rows` rows of pixel-like values, different on every row.

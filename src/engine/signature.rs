@@ -65,6 +65,43 @@ pub struct Signature {
     /// The symbol of the batch dimension when the first dimension of every input and output is
     /// the same free symbol; such models take any number of rows, and batches may be merged.
     pub batch_symbol: Option<String>,
+    /// Inputs whose values index the rows of a table in the model (a token's embedding).
+    pub index_limits: Vec<IndexLimit>,
+}
+
+/// An integer input whose every value picks a row of a constant table: tract reads the table
+/// at that row unchecked, so a value past it fails the run (a panic, caught) instead of being
+/// refused. ONNX's `Gather` also takes negative values counted from the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexLimit {
+    /// The input's position in [`Signature::inputs`].
+    pub input: usize,
+    /// The table's rows: values go from `-rows` to `rows - 1`.
+    pub rows: usize,
+    /// The table's name in the graph.
+    pub table: String,
+}
+
+impl IndexLimit {
+    /// The first value out of range and its position among the tensor's values.
+    fn first_outside(&self, tensor: &Tensor) -> Option<(usize, i64)> {
+        let rows = i64::try_from(self.rows).unwrap_or(i64::MAX);
+        let inside = |v: i64| (-rows..rows).contains(&v);
+        match tensor.dtype() {
+            DType::I64 => tensor
+                .to_values::<i64>()?
+                .into_iter()
+                .enumerate()
+                .find(|&(_, v)| !inside(v)),
+            DType::I32 => tensor
+                .to_values::<i32>()?
+                .into_iter()
+                .map(i64::from)
+                .enumerate()
+                .find(|&(_, v)| !inside(v)),
+            _ => None,
+        }
+    }
 }
 
 /// Why a request's tensors do not fit a model's signature.
@@ -139,6 +176,23 @@ pub enum InputError {
         symbol: String,
         /// The shape sent.
         got: Vec<usize>,
+    },
+    /// A value that indexes past the table it picks rows of.
+    #[error(
+        "input '{input}': value {value} at position {position} is out of range: it picks a row of '{table}', which has {rows} (values from -{rows} to {})",
+        .rows.saturating_sub(1)
+    )]
+    IndexOutOfRange {
+        /// The input's name.
+        input: String,
+        /// The value.
+        value: i64,
+        /// Its position among the input's values, in row-major order.
+        position: usize,
+        /// The table's name in the graph.
+        table: String,
+        /// The table's rows.
+        rows: usize,
     },
     /// Two dimensions that must agree (the same symbol) do not.
     #[error(
@@ -280,7 +334,7 @@ impl Signature {
         // The first input to bind each symbol, and the size it bound.
         let mut bound: HashMap<&str, (usize, &str)> = HashMap::new();
         let mut tensors = Vec::with_capacity(self.inputs.len());
-        for spec in &self.inputs {
+        for (position, spec) in self.inputs.iter().enumerate() {
             let tensor = given
                 .remove(&spec.name)
                 .ok_or_else(|| InputError::Missing {
@@ -341,6 +395,17 @@ impl Signature {
                             }
                         }
                     }
+                }
+            }
+            for limit in self.index_limits.iter().filter(|l| l.input == position) {
+                if let Some((at, value)) = limit.first_outside(&tensor) {
+                    return Err(InputError::IndexOutOfRange {
+                        input: spec.name.clone(),
+                        value,
+                        position: at,
+                        table: limit.table.clone(),
+                        rows: limit.rows,
+                    });
                 }
             }
             tensors.push(tensor);
@@ -405,6 +470,7 @@ mod tests {
                 shape: vec![Dim::Symbol("N".into())],
             }],
             batch_symbol: Some("N".into()),
+            index_limits: vec![],
         }
     }
 
@@ -505,6 +571,11 @@ mod tests {
             }],
             outputs: vec![],
             batch_symbol: Some("N".into()),
+            index_limits: vec![IndexLimit {
+                input: 0,
+                rows: 1000,
+                table: "embeddings".into(),
+            }],
         };
         assert_eq!(sig.validate(tokens(2, 1)).expect("valid").rows(), Some(2));
         let err = sig.validate(tokens(2, 0)).expect_err("no tokens");
@@ -514,5 +585,40 @@ mod tests {
         );
         let err = sig.validate(tokens(0, 0)).expect_err("no rows");
         assert!(matches!(err, InputError::EmptyBatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_index_past_its_table_is_refused() {
+        let sig = Signature {
+            inputs: vec![TensorSpec {
+                name: "ids".into(),
+                dtype: DType::I64,
+                shape: vec![Dim::Symbol("N".into()), Dim::Symbol("S".into())],
+            }],
+            outputs: vec![],
+            batch_symbol: Some("N".into()),
+            index_limits: vec![IndexLimit {
+                input: 0,
+                rows: 1000,
+                table: "embeddings".into(),
+            }],
+        };
+        let ids = |values: &[i64]| {
+            let tensor = Tensor::from_values(vec![1, values.len()], values).expect("valid");
+            [("ids".to_string(), tensor)]
+        };
+        assert!(sig.validate(ids(&[0, 999, -1000, -1])).is_ok());
+        let err = sig
+            .validate(ids(&[101, 1000, 102]))
+            .expect_err("past the table");
+        assert_eq!(
+            err.to_string(),
+            "input 'ids': value 1000 at position 1 is out of range: it picks a row of 'embeddings', which has 1000 (values from -1000 to 999)"
+        );
+        let err = sig.validate(ids(&[-1001])).expect_err("before the table");
+        assert!(
+            matches!(err, InputError::IndexOutOfRange { value: -1001, .. }),
+            "{err}"
+        );
     }
 }

@@ -184,6 +184,7 @@ mod tests {
             inputs: vec![spec("x")],
             outputs: vec![spec("y")],
             batch_symbol: Some("N".to_string()),
+            index_limits: vec![],
         }
     }
 
