@@ -557,13 +557,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_free_dimension_takes_at_least_one() {
-        let tokens = |rows: usize, length: usize| {
-            let ids = Tensor::from_values(vec![rows, length], &vec![0i64; rows * length]);
-            [("ids".to_string(), ids.expect("valid"))]
-        };
-        let sig = Signature {
+    /// Token ids `[N, S]` into an embedding table of 1,000 rows.
+    fn token_ids() -> Signature {
+        Signature {
             inputs: vec![TensorSpec {
                 name: "ids".into(),
                 dtype: DType::I64,
@@ -576,7 +572,16 @@ mod tests {
                 rows: 1000,
                 table: "embeddings".into(),
             }],
+        }
+    }
+
+    #[test]
+    fn a_free_dimension_takes_at_least_one() {
+        let tokens = |rows: usize, length: usize| {
+            let ids = Tensor::from_values(vec![rows, length], &vec![0i64; rows * length]);
+            [("ids".to_string(), ids.expect("valid"))]
         };
+        let sig = token_ids();
         assert_eq!(sig.validate(tokens(2, 1)).expect("valid").rows(), Some(2));
         let err = sig.validate(tokens(2, 0)).expect_err("no tokens");
         assert_eq!(
@@ -589,20 +594,7 @@ mod tests {
 
     #[test]
     fn an_index_past_its_table_is_refused() {
-        let sig = Signature {
-            inputs: vec![TensorSpec {
-                name: "ids".into(),
-                dtype: DType::I64,
-                shape: vec![Dim::Symbol("N".into()), Dim::Symbol("S".into())],
-            }],
-            outputs: vec![],
-            batch_symbol: Some("N".into()),
-            index_limits: vec![IndexLimit {
-                input: 0,
-                rows: 1000,
-                table: "embeddings".into(),
-            }],
-        };
+        let sig = token_ids();
         let ids = |values: &[i64]| {
             let tensor = Tensor::from_values(vec![1, values.len()], values).expect("valid");
             [("ids".to_string(), tensor)]
