@@ -86,21 +86,19 @@ impl IndexLimit {
     /// The first value out of range and its position among the tensor's values.
     fn first_outside(&self, tensor: &Tensor) -> Option<(usize, i64)> {
         let rows = i64::try_from(self.rows).unwrap_or(i64::MAX);
-        let inside = |v: i64| (-rows..rows).contains(&v);
-        match tensor.dtype() {
-            DType::I64 => tensor
-                .to_values::<i64>()?
-                .into_iter()
-                .enumerate()
-                .find(|&(_, v)| !inside(v)),
+        let values: Vec<i64> = match tensor.dtype() {
+            DType::I64 => tensor.to_values()?,
             DType::I32 => tensor
                 .to_values::<i32>()?
                 .into_iter()
                 .map(i64::from)
-                .enumerate()
-                .find(|&(_, v)| !inside(v)),
-            _ => None,
-        }
+                .collect(),
+            _ => return None,
+        };
+        values
+            .into_iter()
+            .enumerate()
+            .find(|&(_, v)| !(-rows..rows).contains(&v))
     }
 }
 
