@@ -115,9 +115,9 @@ fn run(model: &Model, inputs: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
         .collect()
 }
 
-/// Opens every model of `dir` that has a reference, runs its inputs as one batch and row by
-/// row, and checks every output; panics listing every mismatch.
-fn check_repository(dir: &Path, expected_models: &[&str]) {
+/// Opens every model of `dir` that has a reference with `defaults`, runs its inputs as one batch
+/// and row by row, and checks every output; panics listing every mismatch.
+fn check_repository(dir: &Path, expected_models: &[&str], defaults: &OpenDefaults) {
     let refs = references(dir);
     let names: Vec<&str> = refs.iter().map(|r| r.model.as_str()).collect();
     assert_eq!(
@@ -129,7 +129,7 @@ fn check_repository(dir: &Path, expected_models: &[&str]) {
     let mut failures = Vec::new();
     for reference in &refs {
         let name = reference.model.as_str();
-        let opened = match open_named(dir, name, "", &OpenDefaults::default()) {
+        let opened = match open_named(dir, name, "", defaults) {
             Ok(opened) => opened,
             Err(e) => {
                 failures.push(format!("{name}: does not load: {e}"));
@@ -179,15 +179,23 @@ fn check_repository(dir: &Path, expected_models: &[&str]) {
 
 #[test]
 fn small_models_match_onnxruntime() {
-    check_repository(
-        &small_models(),
-        &[
-            "bert_small",
-            "bert_small_int8",
-            "mobilenet_small",
-            "resnet_small",
-        ],
-    );
+    let models = [
+        "bert_small",
+        "bert_small_int8",
+        "mobilenet_small",
+        "resnet_small",
+    ];
+    check_repository(&small_models(), &models, &OpenDefaults::default());
+    // Again with every product split over two threads, however small, so that the threaded
+    // paths run on these small models as they do on full-size ones: the chunked dispatch, and
+    // an im2col packed once up front for all threads (vendor/tract-linalg). In this one test,
+    // so that no other run is in flight to keep these runs on one thread.
+    tract_linalg::multithread::set_threading_panel_threshold(0);
+    let split = OpenDefaults {
+        threads: 2,
+        ..OpenDefaults::default()
+    };
+    check_repository(&small_models(), &models, &split);
 }
 
 #[test]
@@ -204,5 +212,6 @@ fn full_size_models_match_onnxruntime() {
     check_repository(
         &dir,
         &["bert", "bert_int8", "mobilenet_v2", "resnet18", "resnet50"],
+        &OpenDefaults::default(),
     );
 }

@@ -8,6 +8,7 @@ pub(crate) mod input_store;
 pub(crate) mod kernel;
 #[macro_use]
 pub(crate) mod panel_extract;
+mod prepack;
 mod scratch;
 mod select;
 mod storage;
@@ -272,6 +273,12 @@ impl<K: MatMatMulKer> MatMatMul for K {
             let scratch = scratch
                 .downcast_mut::<ScratchSpaceImpl<K::Acc>>()
                 .context("Wrong scratch space type")?;
+            let prepacked = if n == 1 && self.nr() == 1 {
+                None
+            } else {
+                prepack::prepack_on_demand_operands(self, m, n, non_linear)?
+            };
+            let non_linear = prepacked.as_deref().unwrap_or(non_linear);
             scratch.prepare(self, m, n, non_linear)?;
             if n == 1 && self.nr() == 1 {
                 run_with_scratch_space_vec(self, m, scratch, non_linear)
