@@ -267,6 +267,14 @@ mod tests {
         (theirs, run(model), name)
     }
 
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec()
+    }
+
     /// Rows of every width from 1 to 17, with ties, large magnitudes and a NaN.
     fn matrices() -> Vec<Tensor> {
         (1..=17usize)
@@ -292,18 +300,8 @@ mod tests {
             let op = Softmax::new(tvec![1], None, SoftmaxKind::Softmax);
             let (theirs, ours, name) = tract_and_ours(Box::new(op), input.clone());
             assert_eq!(name, "RowSoftmax");
-            let theirs = theirs
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap()
-                .to_vec();
-            let ours = ours
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap()
-                .to_vec();
+            let theirs = values(&theirs);
+            let ours = values(&ours);
             for (ix, (t, o)) in theirs.iter().zip(&ours).enumerate() {
                 let close = (t - o).abs() <= 1e-6 * t.abs().max(1e-30) || t.is_nan() && o.is_nan();
                 assert!(
@@ -339,13 +337,13 @@ mod tests {
     #[test]
     fn attention_softmax_splits_its_rows_and_absorbs_the_nan_clean_up() {
         let shape = [2, 4, 64, 64];
-        let values: Vec<f32> = (0..shape.iter().product::<usize>())
+        let scores: Vec<f32> = (0..shape.iter().product::<usize>())
             .map(|i| match (i / 64) % 9 {
                 4 => f32::NEG_INFINITY,
                 _ => ((i * 37) % 23) as f32 * 0.7 - 8.0,
             })
             .collect();
-        let input = Tensor::from_shape(&shape, &values).unwrap();
+        let input = Tensor::from_shape(&shape, &scores).unwrap();
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact(shape)).unwrap();
         let softmax = Softmax::new(tvec![3], None, SoftmaxKind::Softmax);
@@ -380,18 +378,8 @@ mod tests {
             "{our_ops:?}"
         );
         assert!(our_ops.iter().any(|op| op == "RowSoftmax"), "{our_ops:?}");
-        let theirs = theirs
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap()
-            .to_vec();
-        let ours = ours
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap()
-            .to_vec();
+        let theirs = values(&theirs);
+        let ours = values(&ours);
         assert!(theirs.iter().all(|t| !t.is_nan()));
         // Rows 4, 13, …, 508 of the 512 are masked.
         assert_eq!(theirs.iter().filter(|t| **t == 0.0).count(), 57 * 64);
