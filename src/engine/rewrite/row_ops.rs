@@ -16,7 +16,8 @@
 //! there are heads × tokens of them: it splits its rows over the run's threads as tract's did,
 //! and it absorbs the clean-up PyTorch exports after it, `Where(IsNaN(p), 0, p)` (a fully masked
 //! row is all NaN), which tract ran as two more single-threaded passes over every score of every
-//! layer: on a MiniLM-shaped encoder at 128 tokens, about 4% of a two-thread run's time.
+//! layer. Both together, on a MiniLM-shaped encoder at 128 tokens, batch 1: 36.8 → 28.0 ms on two
+//! threads, 43.5 → 40.4 on one.
 
 use std::sync::Arc;
 
@@ -77,8 +78,9 @@ pub(crate) fn rewrite(model: &mut TypedModel) -> TractResult<()> {
     Ok(())
 }
 
-/// The output of `Where(IsNaN(p), 0, p)` over node `softmax`'s output `p`, if that is what
-/// reads it: all it does is replace the NaNs of `p` by zeros.
+/// The output of `Where(IsNaN(p), 0, p)` over node `softmax`'s output `p`, if that is all that
+/// reads `p` and the mask: all it does is replace the NaNs of `p` by zeros. Another reader would
+/// see `p` without its NaNs once the softmax does the clean-up, so then it stays as it is.
 fn nan_clean_up(model: &TypedModel, softmax: usize) -> TractResult<Option<OutletId>> {
     let p = OutletId::new(softmax, 0);
     let readers = model.outlet_successors(p);
@@ -91,6 +93,10 @@ fn nan_clean_up(model: &TypedModel, softmax: usize) -> TractResult<Option<Outlet
     let Some(is_nan) = is_nan else {
         return Ok(None);
     };
+    let mask_readers = model.outlet_successors(OutletId::new(is_nan.node, 0));
+    if readers.len() != 2 || mask_readers.len() != 1 || model.output_outlets()?.contains(&p) {
+        return Ok(None);
+    }
     for r in readers {
         let node = model.node(r.node);
         let zero = node
@@ -389,6 +395,31 @@ mod tests {
                 "element {ix}: tract {t}, ours {o}"
             );
         }
+    }
+
+    /// When the softmax's output is read elsewhere too (here, it is also a model output), that
+    /// reader must still see its NaNs, so the clean-up stays a node of its own.
+    #[test]
+    fn a_softmax_read_elsewhere_keeps_its_nans() {
+        let input = tensor2(&[[f32::NEG_INFINITY, f32::NEG_INFINITY], [1.0, 2.0]]);
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([2, 2])).unwrap();
+        let softmax = Softmax::new(tvec![1], None, SoftmaxKind::Softmax);
+        let p = model.wire_node("softmax", softmax, &[x]).unwrap();
+        let is_nan = tract_onnx::tract_core::ops::math::is_nan();
+        let nan = model.wire_node("is_nan", is_nan, &p).unwrap();
+        let zero = model.add_const("zero", tensor2(&[[0f32]])).unwrap();
+        let clean = model
+            .wire_node("clean", Iff, &[nan[0], zero, p[0]])
+            .unwrap();
+        model.select_output_outlets(&[clean[0], p[0]]).unwrap();
+        rewrite(&mut model).unwrap();
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        assert!(plan.model().nodes.iter().any(|n| n.op_is::<Iff>()));
+        let outputs = plan.run(tvec![input.into_tvalue()]).unwrap();
+        let (clean, p) = (values(&outputs[0]), values(&outputs[1]));
+        assert_eq!(clean[..2], [0.0, 0.0]);
+        assert!(p[..2].iter().all(|v| v.is_nan()), "{p:?}");
     }
 
     #[test]
