@@ -44,15 +44,17 @@ pub(crate) fn rewrite(model: &mut TypedModel) -> TractResult<()> {
             continue;
         }
         let last = tvec![fact.rank() - 1];
+        let mut clean_up = None;
         let replacement: Option<Arc<dyn Kernel>> = if let Some(op) = node.op_as::<Softmax>() {
-            (op.kind == SoftmaxKind::Softmax && op.quant_output_dt.is_none() && op.axes == last)
-                .then(|| -> TractResult<Arc<dyn Kernel>> {
-                    Ok(Arc::new(RowSoftmax {
-                        exp: Func::Softmax2.map_reduce_f32()?,
-                        nan_to_zero: nan_clean_up(model, id)?.is_some(),
-                    }))
-                })
-                .transpose()?
+            if op.kind == SoftmaxKind::Softmax && op.quant_output_dt.is_none() && op.axes == last {
+                clean_up = nan_clean_up(model, id)?;
+                Some(Arc::new(RowSoftmax {
+                    exp: Func::Softmax2.map_reduce_f32()?,
+                    nan_to_zero: clean_up.is_some(),
+                }))
+            } else {
+                None
+            }
         } else if let Some(op) = node.op_as::<Reduce>() {
             match op.reducer {
                 Reducer::ArgMax(take_last) if op.axes == last => {
@@ -65,7 +67,7 @@ pub(crate) fn rewrite(model: &mut TypedModel) -> TractResult<()> {
         };
         if let Some(kernel) = replacement {
             model.node_mut(id).op = Box::new(MlOp::from_kernel(kernel));
-            if let Some(clean_up) = nan_clean_up(model, id)? {
+            if let Some(clean_up) = clean_up {
                 // The clean-up's readers now read the softmax, which does it; the two nodes
                 // left without readers are pruned when the graph is optimised.
                 let mut patch = TypedModelPatch::default();
