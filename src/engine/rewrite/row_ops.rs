@@ -184,11 +184,14 @@ impl RowSoftmax {
         self.exp.run_with_params(data, 0.0)?;
         for row in data.chunks_exact_mut(width) {
             let scale = row.iter().sum::<f32>().recip();
-            row.iter_mut().for_each(|x| *x *= scale);
-        }
-        if self.nan_to_zero {
-            data.iter_mut()
-                .for_each(|x| *x = if x.is_nan() { 0.0 } else { *x });
+            if self.nan_to_zero {
+                row.iter_mut().for_each(|x| {
+                    let y = *x * scale;
+                    *x = if y.is_nan() { 0.0 } else { y }
+                });
+            } else {
+                row.iter_mut().for_each(|x| *x *= scale);
+            }
         }
         Ok(())
     }

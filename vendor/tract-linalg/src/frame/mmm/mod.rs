@@ -273,16 +273,13 @@ impl<K: MatMatMulKer> MatMatMul for K {
             let scratch = scratch
                 .downcast_mut::<ScratchSpaceImpl<K::Acc>>()
                 .context("Wrong scratch space type")?;
-            let prepacked = if n == 1 && self.nr() == 1 {
-                None
-            } else {
-                prepack::prepack_on_demand_operands(self, m, n, non_linear)?
-            };
-            let non_linear = prepacked.as_deref().unwrap_or(non_linear);
-            scratch.prepare(self, m, n, non_linear)?;
             if n == 1 && self.nr() == 1 {
+                scratch.prepare(self, m, n, non_linear)?;
                 run_with_scratch_space_vec(self, m, scratch, non_linear)
             } else {
+                let prepacked = prepack::prepack_on_demand_operands(self, m, n, non_linear)?;
+                let non_linear = prepacked.as_deref().unwrap_or(non_linear);
+                scratch.prepare(self, m, n, non_linear)?;
                 let (mut prefer_col, mut prefer_row) = (0, 0);
                 for uop in non_linear.iter() {
                     if let Some(col) = uop.prefer_col_outer() {
