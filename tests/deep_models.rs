@@ -186,11 +186,13 @@ fn small_models_match_onnxruntime() {
         "resnet_small",
     ];
     check_repository(&small_models(), &models, &OpenDefaults::default());
-    // Again with every product split over two threads, however small, so that the threaded
-    // paths run on these small models as they do on full-size ones: the chunked dispatch, and
-    // an im2col packed once up front for all threads (vendor/tract-linalg). In this one test,
-    // so that no other run is in flight to keep these runs on one thread.
+    // Again with every product and every row-split operator split over two threads, however
+    // small, so that the threaded paths run on these small models as they do on full-size ones:
+    // the chunked dispatch, an im2col packed once up front for all threads (vendor/tract-linalg),
+    // the row softmax, and the padding and max pool split by lines and planes (vendor/tract-core).
+    // In this one test, so that no other run is in flight to keep these runs on one thread.
     tract_linalg::multithread::set_threading_panel_threshold(0);
+    tract_linalg::multithread::set_threading_element_threshold(0);
     let split = OpenDefaults {
         threads: 2,
         ..OpenDefaults::default()

@@ -28,6 +28,12 @@ impl Pad {
         T: Copy + Datum,
     {
         use tract_ndarray::*;
+        if let PadMode::Constant(value) = &self.mode
+            && let Some(output) =
+                self.constant_by_lines::<T>(&input_tensor, value.cast_to_scalar::<T>()?)?
+        {
+            return Ok(output.into_tvalue());
+        }
         let input = input_tensor.to_plain_array_view::<T>()?;
         let output_shape: Vec<usize> =
             input.shape().iter().zip(self.pads.iter()).map(|(&d, &(a, b))| d + a + b).collect();
@@ -84,6 +90,62 @@ impl Pad {
         let mut output = output.into_tensor();
         unsafe { output.set_datum_type(input_tensor.datum_type()) }
         Ok(output.into_tvalue())
+    }
+}
+
+impl Pad {
+    /// Constant padding of a contiguous tensor, written once per output item: each line of the
+    /// last axis is its pad value, or its left pad, the input's line, and its right pad. The
+    /// lines are split over the installed executor's threads.
+    fn constant_by_lines<T: Copy + Datum>(
+        &self,
+        input: &Tensor,
+        value: T,
+    ) -> TractResult<Option<Tensor>> {
+        let ishape = input.shape();
+        let rank = ishape.len();
+        let Some(&in_w) = ishape.last() else { return Ok(None) };
+        let Ok(plain) = input.try_as_plain_ram() else { return Ok(None) };
+        let input_items = plain.as_slice::<T>()?;
+        let oshape: TVec<usize> =
+            ishape.iter().zip(self.pads.iter()).map(|(&d, &(a, b))| d + a + b).collect();
+        let (left, out_w) = (self.pads[rank - 1].0, oshape[rank - 1]);
+        let len = oshape.iter().product::<usize>();
+        if len == 0 {
+            return Ok(None);
+        }
+        let mut output = unsafe { Tensor::uninitialized_dt(input.datum_type(), &oshape)? };
+        let mut output_plain = output.try_as_plain_ram_mut()?;
+        let output_items = output_plain.as_slice_mut::<T>()?;
+        let (pads, outer) = (&self.pads[..rank - 1], &oshape[..rank - 1]);
+        tract_linalg::multithread::par_chunks_mut(output_items, out_w, len, |first, lines| {
+            for (ix, line) in lines.chunks_exact_mut(out_w).enumerate() {
+                // The input line this output line copies, if it is inside the input.
+                let (mut rest, mut in_line, mut in_stride) = (first + ix, 0, 1);
+                let mut inside = true;
+                for ax in (0..rank - 1).rev() {
+                    let coord = rest % outer[ax];
+                    rest /= outer[ax];
+                    let Some(at) = coord.checked_sub(pads[ax].0).filter(|&at| at < ishape[ax])
+                    else {
+                        inside = false;
+                        break;
+                    };
+                    in_line += at * in_stride;
+                    in_stride *= ishape[ax];
+                }
+                if inside {
+                    line[..left].fill(value);
+                    line[left..][..in_w].copy_from_slice(&input_items[in_line * in_w..][..in_w]);
+                    line[left + in_w..].fill(value);
+                } else {
+                    line.fill(value);
+                }
+            }
+            Ok(())
+        })?;
+        drop(output_plain);
+        Ok(Some(output))
     }
 }
 

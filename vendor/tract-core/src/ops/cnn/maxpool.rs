@@ -268,14 +268,12 @@ impl OptMaxPool {
         }
         let (oh, ow) = (patch.output_shape[0], patch.output_shape[1]);
         let spec = &patch.spec;
-        let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
-        let (sh, sw) = (spec.strides[0], spec.strides[1]);
-        let (dh, dw) = (spec.dilations[0], spec.dilations[1]);
-        let (pt, pl) = (patch.pad_before[0] as isize, patch.pad_before[1] as isize);
-        let mut output = Tensor::zero_dt(input.datum_type(), &geo.output_shape.shape)?;
+        let (kw, sw, dw) = (spec.kernel_shape[1], spec.strides[1], spec.dilations[1]);
+        let pl = patch.pad_before[1] as isize;
+        let mut output =
+            unsafe { Tensor::uninitialized_dt(input.datum_type(), &geo.output_shape.shape)? };
         let mut output_plain = output.try_as_plain_ram_mut()?;
         let output_slice = output_plain.as_slice_mut::<T>()?;
-        output_slice.fill(T::min_value());
         let input_plain = input.try_as_plain_ram()?;
         let input_slice = input_plain.as_slice::<T>()?;
         let column_spans: TVec<(usize, usize, usize)> = (0..kw)
@@ -290,33 +288,58 @@ impl OptMaxPool {
                 (lo < hi).then(|| (lo, hi, ((lo * sw) as isize + offset) as usize))
             })
             .collect();
-        for (image, out_image) in
-            input_slice.chunks_exact(h * w * px).zip(output_slice.chunks_exact_mut(oh * ow * px))
-        {
-            for (oy, row) in out_image.chunks_exact_mut(ow * px).enumerate() {
-                for ky in 0..kh {
-                    let iy = (oy * sh + ky * dh) as isize - pt;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let irow = &image[iy as usize * w * px..][..w * px];
-                    for &(lo, hi, start) in &column_spans {
-                        let (row, taps) = (&mut row[lo * px..hi * px], &irow[start * px..]);
-                        if sw == 1 {
-                            fold_max(row, taps.iter());
-                        } else if px == 1 {
-                            fold_max(row, taps.iter().step_by(sw));
-                        } else {
-                            for (pixel, taps) in row.chunks_exact_mut(px).zip(taps.chunks(sw * px))
-                            {
-                                fold_max(pixel, taps.iter());
-                            }
+        // Planes (one per image and channel, or one per image when channels are last) split over
+        // the installed executor's threads.
+        let (plane, out_plane) = (h * w * px, oh * ow * px);
+        let total = input_slice.len();
+        tract_linalg::multithread::par_chunks_mut(output_slice, out_plane, total, |first, out| {
+            let images = input_slice[first * plane..].chunks_exact(plane);
+            for (image, out_image) in images.zip(out.chunks_exact_mut(out_plane)) {
+                Self::row_spans_plane(image, out_image, &column_spans, geo, px);
+            }
+            Ok(())
+        })?;
+        drop(output_plain);
+        Ok(Some(output))
+    }
+
+    fn row_spans_plane<T: Copy + PartialOrd + num_traits::Bounded>(
+        image: &[T],
+        out_image: &mut [T],
+        column_spans: &[(usize, usize, usize)],
+        geo: &ConcretePoolGeometry,
+        px: usize,
+    ) {
+        let patch = &geo.patch;
+        let (h, w) = (geo.input_shape.hw_dims()[0], geo.input_shape.hw_dims()[1]);
+        let ow = patch.output_shape[1];
+        let spec = &patch.spec;
+        let kh = spec.kernel_shape[0];
+        let (sh, sw) = (spec.strides[0], spec.strides[1]);
+        let dh = spec.dilations[0];
+        let pt = patch.pad_before[0] as isize;
+        out_image.fill(T::min_value());
+        for (oy, row) in out_image.chunks_exact_mut(ow * px).enumerate() {
+            for ky in 0..kh {
+                let iy = (oy * sh + ky * dh) as isize - pt;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let irow = &image[iy as usize * w * px..][..w * px];
+                for &(lo, hi, start) in column_spans {
+                    let (row, taps) = (&mut row[lo * px..hi * px], &irow[start * px..]);
+                    if sw == 1 {
+                        fold_max(row, taps.iter());
+                    } else if px == 1 {
+                        fold_max(row, taps.iter().step_by(sw));
+                    } else {
+                        for (pixel, taps) in row.chunks_exact_mut(px).zip(taps.chunks(sw * px)) {
+                            fold_max(pixel, taps.iter());
                         }
                     }
                 }
             }
         }
-        Ok(Some(output))
     }
 }
 
