@@ -104,7 +104,9 @@ impl Pad {
     ) -> TractResult<Option<Tensor>> {
         let ishape = input.shape();
         let rank = ishape.len();
-        let Some(&in_w) = ishape.last() else { return Ok(None) };
+        let Some(&in_w) = ishape.last().filter(|_| self.pads.len() == rank) else {
+            return Ok(None);
+        };
         let Ok(plain) = input.try_as_plain_ram() else { return Ok(None) };
         let input_items = plain.as_slice::<T>()?;
         let oshape: TVec<usize> =

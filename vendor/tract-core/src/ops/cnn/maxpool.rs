@@ -267,6 +267,10 @@ impl OptMaxPool {
             return Ok(None);
         }
         let (oh, ow) = (patch.output_shape[0], patch.output_shape[1]);
+        let (plane, out_plane) = (h * w * px, oh * ow * px);
+        if plane == 0 || out_plane == 0 {
+            return Ok(None);
+        }
         let spec = &patch.spec;
         let (kw, sw, dw) = (spec.kernel_shape[1], spec.strides[1], spec.dilations[1]);
         let pl = patch.pad_before[1] as isize;
@@ -290,7 +294,6 @@ impl OptMaxPool {
             .collect();
         // Planes (one per image and channel, or one per image when channels are last) split over
         // the installed executor's threads.
-        let (plane, out_plane) = (h * w * px, oh * ow * px);
         let total = input_slice.len();
         tract_linalg::multithread::par_chunks_mut(output_slice, out_plane, total, |first, out| {
             let images = input_slice[first * plane..].chunks_exact(plane);
