@@ -8,6 +8,7 @@ pub(crate) mod input_store;
 pub(crate) mod kernel;
 #[macro_use]
 pub(crate) mod panel_extract;
+#[cfg(feature = "multithread-mm")]
 mod prepack;
 mod scratch;
 mod select;
@@ -277,33 +278,26 @@ impl<K: MatMatMulKer> MatMatMul for K {
                 scratch.prepare(self, m, n, non_linear)?;
                 run_with_scratch_space_vec(self, m, scratch, non_linear)
             } else {
+                #[cfg(feature = "multithread-mm")]
                 let prepacked = prepack::prepack_on_demand_operands(self, m, n, non_linear)?;
+                #[cfg(feature = "multithread-mm")]
                 let non_linear = prepacked.as_deref().unwrap_or(non_linear);
                 scratch.prepare(self, m, n, non_linear)?;
-                let (mut prefer_col, mut prefer_row) = (0, 0);
-                for uop in non_linear.iter() {
-                    if let Some(col) = uop.prefer_col_outer() {
-                        prefer_col = col as usize;
-                        prefer_row = (!col) as usize;
-                    }
-                }
                 // k drives the cache-block size; read it from the first
                 // AddMatMul's packed input (0 if none → max block).
                 let k = matmul_k(non_linear);
                 #[cfg(target_arch = "riscv64")]
                 crate::riscv64::refresh_tlb_before_matmul(m * n * k);
-                run_with_scratch_space_2d(
-                    self,
-                    m,
-                    n,
-                    k,
-                    prefer_col > prefer_row,
-                    scratch,
-                    non_linear,
-                )
+                run_with_scratch_space_2d(self, m, n, k, col_outer(non_linear), scratch, non_linear)
             }
         }
     }
+}
+
+/// The walk's tile order, from the fused ops' preference: column-outer (each panel of B
+/// read by a run of A's panels) when the last `AddMatMul` with a preference asks for it.
+fn col_outer(non_linear: &[FusedSpec]) -> bool {
+    non_linear.iter().filter_map(|uop| uop.prefer_col_outer()).next_back().unwrap_or(false)
 }
 
 /// `k` of the first `AddMatMul` in `non_linear`, or 0 if there is none.
@@ -603,6 +597,65 @@ fn for_each_blocked_tile(
     Ok(())
 }
 
+/// Inner and outer block edges of [`run_blocked`]'s walk over an `m_panels × n_panels`
+/// rectangle, one of `llc_share` walked concurrently.
+#[allow(clippy::too_many_arguments)]
+fn block_edges(
+    mr: usize,
+    nr: usize,
+    k: usize,
+    elem: usize,
+    m_panels: usize,
+    n_panels: usize,
+    col_outer: bool,
+    llc_share: usize,
+) -> (usize, usize) {
+    let l2_share = llc_share.min(crate::cache::cache_info().l2_sharers_or_one());
+    let blk = inner_block_edge(mr, nr, k, elem, m_panels, n_panels, col_outer, l2_share);
+    (blk, outer_block_edge(mr, nr, k, elem, blk, m_panels, n_panels, llc_share))
+}
+
+/// How many panels of A and of B the on-demand path packs over a whole product split over
+/// `nth` threads: every chunk of [`chunked_dispatch_rayon`] packs a panel again each time its
+/// walk comes back to it, since a reader keeps only the panel it packed last. Counted by
+/// walking the tiles in the dispatch's own order, which costs one step per tile.
+#[cfg(feature = "multithread-mm")]
+#[allow(clippy::too_many_arguments)]
+fn on_demand_packs(
+    m_panels: usize,
+    n_panels: usize,
+    mr: usize,
+    nr: usize,
+    k: usize,
+    elem: usize,
+    col_outer: bool,
+    nth: usize,
+) -> (usize, usize) {
+    if m_panels == 0 || n_panels == 0 {
+        return (0, 0);
+    }
+    let cpt = chunks_per_thread(packed_operand_bytes(m_panels, n_panels, mr, nr, k, elem));
+    let (nchunks_m, nchunks_n, dr_m, dr_n) = chunk_grid(m_panels, n_panels, mr, nr, nth, cpt);
+    let concurrency = nth.min(nchunks_m * nchunks_n);
+    let (mut a_packs, mut b_packs) = (0, 0);
+    for im in 0..nchunks_m {
+        for in_ in 0..nchunks_n {
+            let m = im * dr_m..((im + 1) * dr_m).min(m_panels);
+            let n = in_ * dr_n..((in_ + 1) * dr_n).min(n_panels);
+            let (blk, blk_outer) =
+                block_edges(mr, nr, k, elem, m.len(), n.len(), col_outer, concurrency);
+            let (mut last_a, mut last_b) = (usize::MAX, usize::MAX);
+            let _ = for_each_blocked_tile(m, n, blk, blk_outer, col_outer, |ia, ib| {
+                a_packs += (ia != last_a) as usize;
+                b_packs += (ib != last_b) as usize;
+                (last_a, last_b) = (ia, ib);
+                Ok(())
+            });
+        }
+    }
+    (a_packs, b_packs)
+}
+
 /// Tile walk over one panel rectangle — the whole grid on the single-thread
 /// path, one dispatch chunk on the rayon path — blocked into cache-sized panel
 /// blocks for locality (the naive nested loop re-streams the whole inner operand
@@ -626,11 +679,8 @@ unsafe fn run_blocked<K: MatMatMulKer>(
 ) -> TractResult<()> {
     unsafe {
         let elem = K::Acc::datum_type().size_of();
-        let (mr, nr) = (ker.mr(), ker.nr());
-        let (m_panels, n_panels) = (m.len(), n.len());
-        let l2_share = llc_share.min(crate::cache::cache_info().l2_sharers_or_one());
-        let blk = inner_block_edge(mr, nr, k, elem, m_panels, n_panels, col_outer, l2_share);
-        let blk_outer = outer_block_edge(mr, nr, k, elem, blk, m_panels, n_panels, llc_share);
+        let (blk, blk_outer) =
+            block_edges(ker.mr(), ker.nr(), k, elem, m.len(), n.len(), col_outer, llc_share);
         scratch.run_in_tls_scope(|scratch, tls| {
             for_each_blocked_tile(m, n, blk, blk_outer, col_outer, |ia, ib| {
                 scratch.run_one_tile(ker, non_linear, tls, ia, ib)

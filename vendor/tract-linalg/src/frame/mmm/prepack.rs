@@ -12,10 +12,15 @@
 //! When the product is split over threads, every panel is packed exactly once, up front, the
 //! panels split over the same threads, into one buffer that the product then reads as an
 //! eagerly packed operand: ResNet-18's two-thread run went from 33.0 to 30.0 ms (medians of
-//! six). It costs one write of the packed operand, so it is done only when that operand is
-//! read more than once and fits [`PREPACK_MAX_BYTES`]. One thread is left alone: there the
-//! on-demand path measured the same, and packs into one panel's buffer instead of the whole
-//! operand's.
+//! six). It costs a write of the whole packed operand and reads from further down the caches
+//! than the on-demand path's one panel, packed just before its tiles read it. So it is done
+//! only for an operand that fits [`PREPACK_MAX_BYTES`] and that the dispatch would pack more
+//! than once, which [`super::on_demand_packs`] counts by walking the tiles as the dispatch
+//! will: not for the im2col of ResNet-18's first two stages, whose few panels of output
+//! channels leave their chunks split by columns only. That took its two-thread run from 63.5 to
+//! 61.2 ms on a slower machine, and ResNet-50's from 154 to 147 ms. One thread is left alone:
+//! there the on-demand path measured the same as packing up front, and packs into one panel's
+//! buffer instead of the whole operand's.
 use super::*;
 use crate::pack::PackedFormat;
 use std::alloc::Layout;
@@ -27,17 +32,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// into a buffer the size of one panel, keeps the memory too.
 pub const PREPACK_MAX_BYTES: usize = 16 * 1024 * 1024;
 
-/// `non_linear` with each on-demand `AddMatMul` operand that is read more than once replaced
-/// by its panels packed once, or `None` when there is none to replace.
+/// `non_linear` with each on-demand `AddMatMul` operand that the dispatch would pack more than
+/// once replaced by its panels packed once, or `None` when there is none to replace.
 pub(super) fn prepack_on_demand_operands<'s, K: MatMatMulKer>(
     ker: &K,
     m: usize,
     n: usize,
     non_linear: &'s [FusedSpec<'_>],
 ) -> TractResult<Option<Vec<FusedSpec<'s>>>> {
-    if !splits_over_threads(m.divceil(ker.mr()), n.divceil(ker.nr())) {
-        return Ok(None);
-    }
+    let (m_panels, n_panels) = (m.divceil(ker.mr()), n.divceil(ker.nr()));
+    let Some(threads) = split_threads(m_panels, n_panels) else { return Ok(None) };
+    // The walk's own parameters, as `run_with_scratch_space` will pass them.
+    let (k, elem) = (matmul_k(non_linear), K::Acc::datum_type().size_of());
+    let col_outer = col_outer(non_linear);
     let mut replaced = false;
     let mut specs = Vec::with_capacity(non_linear.len());
     for spec in non_linear {
@@ -45,10 +52,19 @@ pub(super) fn prepack_on_demand_operands<'s, K: MatMatMulKer>(
             specs.push(spec.clone());
             continue;
         };
+        let on_demand = |x: &dyn MMMInputValue| x.scratch_panel_buffer_layout().is_some();
+        if !on_demand(&**a) && !on_demand(&**b) {
+            specs.push(spec.clone());
+            continue;
+        }
+        // Packing up front costs a write of the whole operand and a read back from further
+        // down the caches than the on-demand path's one hot panel, so it is done only for an
+        // operand the dispatch's walk would pack more than once.
+        let (a_packs, b_packs) =
+            on_demand_packs(m_panels, n_panels, ker.mr(), ker.nr(), k, elem, col_outer, threads);
         let (format_a, format_b) = &ker.packings()[*packing];
-        // An operand is read once per panel of the other one.
-        let a_packed = if n.divceil(ker.nr()) > 1 { pack_once(&**a, &**format_a)? } else { None };
-        let b_packed = if m.divceil(ker.mr()) > 1 { pack_once(&**b, &**format_b)? } else { None };
+        let a_packed = if a_packs > m_panels { pack_once(&**a, &**format_a)? } else { None };
+        let b_packed = if b_packs > n_panels { pack_once(&**b, &**format_b)? } else { None };
         replaced |= a_packed.is_some() || b_packed.is_some();
         let side = |packed: Option<EagerPackedInput>, original: &'s AsInputValue<'_>| match packed {
             Some(p) => AsInputValue::Owned(Box::new(p)),
@@ -110,27 +126,20 @@ fn pack_once(
     }))
 }
 
-/// Whether [`super::chunked_dispatch_rayon`] will split an `m_panels × n_panels` product over
-/// more than one thread.
-fn splits_over_threads(m_panels: usize, n_panels: usize) -> bool {
-    #[cfg(feature = "multithread-mm")]
-    {
-        use crate::multithread::*;
-        let threads = match current_tract_executor() {
-            Executor::SingleThread => 1,
-            Executor::MultiThread(pool) => pool.current_num_threads(),
-            Executor::RayonGlobal => rayon::current_num_threads(),
-        };
-        // The dispatch's own gate, with the 2D product's zero multiply-accumulate count.
-        threads > 1
-            && !(m_panels * n_panels < current_threading_panel_threshold()
-                && 0 < current_threading_mac_threshold())
-    }
-    #[cfg(not(feature = "multithread-mm"))]
-    {
-        let _ = (m_panels, n_panels);
-        false
-    }
+/// The threads [`super::chunked_dispatch_rayon`] will split an `m_panels × n_panels` product
+/// over, if more than one.
+fn split_threads(m_panels: usize, n_panels: usize) -> Option<usize> {
+    use crate::multithread::*;
+    let threads = match current_tract_executor() {
+        Executor::SingleThread => 1,
+        Executor::MultiThread(pool) => pool.current_num_threads(),
+        Executor::RayonGlobal => rayon::current_num_threads(),
+    };
+    // The dispatch's own gate, with the 2D product's zero multiply-accumulate count.
+    let splits = threads > 1
+        && !(m_panels * n_panels < current_threading_panel_threshold()
+            && 0 < current_threading_mac_threshold());
+    splits.then_some(threads)
 }
 
 /// `pack(i)` for every panel, over the threads of the installed executor.
@@ -138,16 +147,12 @@ fn for_each_panel(
     panels: usize,
     pack: &(dyn Fn(usize) -> TractResult<()> + Sync),
 ) -> TractResult<()> {
-    #[cfg(feature = "multithread-mm")]
-    {
-        use rayon::prelude::*;
-        match crate::multithread::current_tract_executor() {
-            Executor::MultiThread(pool) if pool.current_num_threads() > 1 => {
-                return pool.install(|| (0..panels).into_par_iter().try_for_each(pack));
-            }
-            Executor::RayonGlobal => return (0..panels).into_par_iter().try_for_each(pack),
-            _ => (),
+    use rayon::prelude::*;
+    match crate::multithread::current_tract_executor() {
+        Executor::MultiThread(pool) if pool.current_num_threads() > 1 => {
+            pool.install(|| (0..panels).into_par_iter().try_for_each(pack))
         }
+        Executor::RayonGlobal => (0..panels).into_par_iter().try_for_each(pack),
+        _ => (0..panels).try_for_each(pack),
     }
-    (0..panels).try_for_each(pack)
 }
