@@ -57,9 +57,7 @@ pub(super) fn prepack_on_demand_operands<'s, K: MatMatMulKer>(
             specs.push(spec.clone());
             continue;
         }
-        // Packing up front costs a write of the whole operand and a read back from further
-        // down the caches than the on-demand path's one hot panel, so it is done only for an
-        // operand the dispatch's walk would pack more than once.
+        // Up front only what the walk would pack more than once (the module's text says why).
         let (a_packs, b_packs) =
             on_demand_packs(m_panels, n_panels, ker.mr(), ker.nr(), k, elem, col_outer, threads);
         let (format_a, format_b) = &ker.packings()[*packing];
