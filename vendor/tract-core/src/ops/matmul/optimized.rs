@@ -10,6 +10,7 @@ use tract_linalg::mmm::{
     AsInputValue, EagerPackedInput, FusedSpec, MMMInputValue, MatMatMul, OutputStore,
     OutputStoreSpec, PackedMatrixStorage, PanelExtractInput, PanelExtractor,
 };
+use tract_linalg::multithread::{Executor, current_tract_executor, multithread_tract_scope};
 use tract_linalg::pack::PackedFormat;
 use tract_linalg::{BinOp, Scaler};
 use tract_smallvec::ToSmallVec;
@@ -527,6 +528,36 @@ impl OptMatMul {
                 if let Some(ax) = self.c_n_axis {
                     looping_shape[ax] = 1;
                 }
+                let products = looping_shape.iter().product::<usize>();
+                if split_over_products(products) {
+                    let mut all_uops = indices(&*looping_shape)
+                        .into_iter()
+                        .map(|c_coords| {
+                            self.micro_ops
+                                .iter()
+                                .map(|o| o.resolve(&inputs, c_coords.slice(), &c, mmm, mode))
+                                .collect::<TVec<_>>()
+                        })
+                        .collect::<Vec<_>>();
+                    // A few products per task (`par_chunks_mut` makes four tasks a thread), each
+                    // task on one thread with its own scratch space: the products write disjoint
+                    // parts of `c`.
+                    tract_linalg::multithread::par_chunks_mut(
+                        &mut all_uops,
+                        1,
+                        usize::MAX,
+                        |_, task| {
+                            let mut scratch = mmm.allocate_scratch_space();
+                            multithread_tract_scope(Executor::SingleThread, || {
+                                task.iter().try_for_each(|uops| {
+                                    mmm.run_with_scratch_space(m, n, scratch.as_mut(), uops)
+                                })
+                            })
+                        },
+                    )
+                    .context("In mmm.run_with_scratch_space")?;
+                    return Ok(tvec!(c.into_tvalue()));
+                }
                 for c_coords in indices(&*looping_shape) {
                     for ix in 0..self.micro_ops.len() {
                         *uops.get_unchecked_mut(ix) = self.micro_ops.get_unchecked(ix).resolve(
@@ -543,6 +574,20 @@ impl OptMatMul {
                 Ok(tvec!(c.into_tvalue()))
             }
         }
+    }
+}
+
+/// Whether a run of `products` matrix products (the batch axes of a batched product) is better
+/// split by products than each product over the threads: each
+/// thread then takes whole products, with no hand-over inside one. That takes at least two
+/// products per thread, so that an odd count leaves a thread idle for a small share of the run.
+fn split_over_products(products: usize) -> bool {
+    match current_tract_executor() {
+        Executor::MultiThread(pool) => {
+            let threads = pool.current_num_threads();
+            threads > 1 && products >= 2 * threads
+        }
+        _ => false,
     }
 }
 

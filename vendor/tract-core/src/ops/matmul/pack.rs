@@ -120,20 +120,45 @@ impl OptMatMulPack {
                 bc_shape[self.k_axis] = 1;
                 bc_shape[self.mn_axis] = 1;
 
-                let mut values: TVec<Box<dyn MMMInputValue>> =
-                    TVec::with_capacity(output_shape.iter().product());
-                for coord in indices(&*bc_shape) {
-                    let offset = coord
-                        .as_array_view()
-                        .iter()
-                        .zip(input.strides())
-                        .map(|(x, s)| *x as isize * s)
-                        .sum::<isize>()
-                        * input.datum_type().size_of() as isize;
-                    let view =
-                        TensorView::from_bytes(&input, offset, input.shape(), input.strides());
-                    values.push(packer.prepare_one_view(&view, self.k_axis, self.mn_axis)?);
-                }
+                // The matrices are packed independently, so they split over the executor's
+                // threads (above its element threshold), each into its own slot.
+                let offsets: Vec<isize> = indices(&*bc_shape)
+                    .into_iter()
+                    .map(|coord| {
+                        coord
+                            .as_array_view()
+                            .iter()
+                            .zip(input.strides())
+                            .map(|(x, s)| *x as isize * s)
+                            .sum::<isize>()
+                            * input.datum_type().size_of() as isize
+                    })
+                    .collect();
+                let mut slots: Vec<Option<Box<dyn MMMInputValue>>> =
+                    offsets.iter().map(|_| None).collect();
+                let tensor: &Tensor = &input;
+                tract_linalg::multithread::par_chunks_mut(
+                    &mut slots,
+                    1,
+                    tensor.len(),
+                    |first, slots| {
+                        for (slot, offset) in slots.iter_mut().zip(&offsets[first..]) {
+                            let view = TensorView::from_bytes(
+                                tensor,
+                                *offset,
+                                tensor.shape(),
+                                tensor.strides(),
+                            );
+                            *slot =
+                                Some(packer.prepare_one_view(&view, self.k_axis, self.mn_axis)?);
+                        }
+                        Ok(())
+                    },
+                )?;
+                let values: TVec<Box<dyn MMMInputValue>> = slots
+                    .into_iter()
+                    .map(|v| v.context("matrix not packed"))
+                    .collect::<TractResult<_>>()?;
                 PackedMatrixStorage::new_batched(&output_shape, values)
                     .into_tensor(input.datum_type())
             };
