@@ -577,7 +577,6 @@ fn decluttered_model(path: &Path) -> tract_onnx::prelude::TractResult<Decluttere
         .collect();
     let mut typed = graph.into_typed()?.into_decluttered()?;
     crate::engine::rewrite::row_ops::rewrite(&mut typed)?;
-    crate::engine::rewrite::winograd::rewrite(&mut typed)?;
     crate::engine::rewrite::dense::rewrite(&mut typed)?;
     label_outputs(&mut typed, &labels)?;
     Ok((typed, batch, labels))
