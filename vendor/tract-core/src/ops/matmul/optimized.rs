@@ -578,9 +578,9 @@ impl OptMatMul {
 }
 
 /// Whether a run of `products` matrix products (the batch axes of a batched product) is better
-/// split by products than each product over the threads: each
-/// thread then takes whole products, with no hand-over inside one. That takes at least two
-/// products per thread, so that an odd count leaves a thread idle for a small share of the run.
+/// split by products than each product over the threads: each thread then takes whole products,
+/// with no hand-over inside one. That takes at least two products per thread, so that an odd
+/// count leaves a thread idle for a small share of the run.
 fn split_over_products(products: usize) -> bool {
     match current_tract_executor() {
         Executor::MultiThread(pool) => {
